@@ -1,0 +1,78 @@
+"""What a sender's prefill leaves behind for others: per-layer K/V and, where needed, E.
+
+``capture`` runs the sender's own forward over the context tokens and records, per layer ``l``,
+K and V (``[1, kv_heads, n, head_dim]``, post-RoPE, positions 0..n-1) and E at the requested layers
+(``[1, n, hidden]``, the hidden state entering layer ``l``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .family import FamilyFingerprint
+from .models import LoadedModel
+from .surface import ModelSurface
+
+TensorKind = Literal["kv", "e"]
+
+
+@dataclass(slots=True)
+class SenderCapture:
+    """A sender's caches for one context, layer by layer (what the store serialises)."""
+
+    token_ids: tuple[int, ...]
+    family: FamilyFingerprint
+    sender_identity: str
+    dtype: torch.dtype
+    num_layers: int
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # l -> (K, V)
+    e: dict[int, torch.Tensor] = field(default_factory=dict)  # l -> E
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def kv_nbytes(self, layer: int) -> int:
+        k, v = self.kv[layer]
+        return k.numel() * k.element_size() + v.numel() * v.element_size()
+
+    def e_nbytes(self, layer: int) -> int:
+        t = self.e[layer]
+        return t.numel() * t.element_size()
+
+    def nbytes(self) -> int:
+        return sum(self.kv_nbytes(l) for l in self.kv) + sum(self.e_nbytes(l) for l in self.e)
+
+    def missing(self, kv_layers: Iterable[int], e_layers: Iterable[int]) -> list[str]:
+        """Names of the entries a plan needs that this capture lacks (empty when complete)."""
+        out = [f"kv[{l}]" for l in kv_layers if l not in self.kv]
+        return out + [f"e[{l}]" for l in e_layers if l not in self.e]
+
+
+@torch.inference_mode()
+def capture(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
+            e_layers: Iterable[int] | Literal["all"] = ()) -> SenderCapture:
+    """Prefill ``token_ids`` with the sender and keep K/V of every layer and E at ``e_layers``."""
+    surface = ModelSurface(sender.model)
+    num_layers = sender.num_layers
+    wanted = set(range(num_layers)) if e_layers == "all" else set(e_layers)
+    e: dict[int, torch.Tensor] = {}
+    hooks = []
+    for idx in sorted(wanted):
+        def pre_hook(_module, args, kwargs, idx=idx):
+            h = args[0] if args else kwargs["hidden_states"]
+            e[idx] = h.detach().clone()
+        hooks.append(surface.layers[idx].register_forward_pre_hook(pre_hook, with_kwargs=True))
+    cache = surface.new_cache()
+    try:
+        ids = torch.tensor([list(token_ids)])
+        surface.lm.model(input_ids=ids, cache=cache, use_cache=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    kv = {l: (cache.layers[l].keys, cache.layers[l].values) for l in range(num_layers)}
+    return SenderCapture(tuple(token_ids), sender.family, sender.identity, surface.dtype, num_layers, kv, e)

@@ -1,0 +1,279 @@
+"""The ``droidspeak`` command line.
+
+Every subcommand has ``--help``; those that report take ``--json``. Errors print one line
+(``droidspeak: error: ...``) and exit with status 2; nothing a user can cause prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from .errors import DroidspeakError  # noqa: E402
+
+
+def _quiet_transformers() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=1) if getattr(args, "json", False) else text)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# --------------------------------------------------------------------------- subcommands
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import describe_models
+
+    rows = describe_models()
+    text = _table([[r["name"], r["kind"], r["parent"] or "-", r["family"], r["identity"][:16]] for r in rows],
+                  ["name", "kind", "parent", "family", "identity"])
+    _emit(args, rows, text)
+    return 0
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    from .family import compatibility
+    from .models import load_model
+
+    a, b = load_model(args.sender), load_model(args.receiver)
+    v = compatibility(a.family, b.family)
+    data = {"sender": a.name, "receiver": b.name, "ok": v.ok, "reason": v.reason,
+            "sender_identity": a.identity, "receiver_identity": b.identity, "family": a.family.digest}
+    _emit(args, data, f"{a.name} -> {b.name}: " + ("may share caches" if v.ok else v.reason))
+    return 0 if v.ok else 1
+
+
+def cmd_reuse(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .plan import RecomputePlan
+    from .reuse import profile_checker, prompt_for, require_shareable, run_reuse, warm_up
+
+    ctx_path = Path(args.context)
+    if not ctx_path.is_file():
+        raise DroidspeakError(f"context file not found: {ctx_path}")
+    context = ctx_path.read_text(encoding="utf-8", errors="replace")
+    sender, receiver = load_model(args.sender), load_model(args.receiver)
+    require_shareable(sender, receiver)
+    plan = RecomputePlan.parse(args.plan, receiver.num_layers, profile_checker(sender, receiver))
+    prompt = prompt_for(sender, receiver, context, args.prompt)
+    max_pos = getattr(receiver.config, "max_position_embeddings", None)
+    if max_pos and len(prompt.ids) + args.max_new_tokens > max_pos:
+        raise DroidspeakError(f"prompt of {len(prompt.ids)} tokens + {args.max_new_tokens} new exceeds the "
+                              f"model's context of {max_pos}")
+    warm_up(sender, receiver)
+    rep = run_reuse(sender, receiver, prompt, plan, args.max_new_tokens)
+    text = (
+        f"sender {rep.sender} -> receiver {rep.receiver}, {rep.context_tokens} context tokens, plan {rep.plan} "
+        f"({len(rep.recomputed_layers)}/{receiver.num_layers} layers recomputed)\n"
+        f"  with plan    TTFT {rep.ttft_s:.3f}s : {rep.answer!r}\n"
+        f"  full prefill TTFT {rep.full_ttft_s:.3f}s : {rep.full_answer!r}\n"
+        f"  speedup {rep.full_ttft_s / rep.ttft_s:.2f}x, first-token KL {rep.first_token_kl:.4g}, "
+        f"answer F1 vs full {rep.answer_f1_vs_full:.3f}"
+    )
+    _emit(args, rep.to_dict(), text)
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from . import study, tasks
+    from .models import load_model
+
+    sender, receiver = load_model(args.sender), load_model(args.receiver)
+    metric = None
+    if args.data:
+        rows = tasks.read_jsonl(args.data)[: args.n]
+        metric = args.metric
+    else:
+        task = args.task or receiver.spec.task or "qa"
+        rows = tasks.generate(task, "calib", args.n, receiver.tokenizer, seed=args.seed,
+                              lengths=(args.min_tokens, args.max_tokens))
+        metric = args.metric or tasks.METRIC_OF_TASK[task]
+    if not rows:
+        raise DroidspeakError("no rows to study")
+    result = study.sensitivity(sender, receiver, rows, metric, args.max_new_tokens, progress=not args.json)
+    stem = f"sensitivity_{Path(sender.name).name}__{Path(receiver.name).name}"
+    js, png = study.write(result, Path(args.out), stem)
+    result["files"] = {"json": str(js), "png": str(png)}
+    if args.profile_out:
+        prof = study.provisional_profile(result, str(js))
+        Path(args.profile_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.profile_out).write_text(json.dumps(prof, indent=1))
+        result["files"]["profile"] = args.profile_out
+    lines = [f"{x['layer']:>3}  {x['quality']:.3f}  {x['relative_drop']:+.1%}  kl={x['first_token_kl']:.3g}"
+             + ("  CRITICAL" if x["critical"] else "") for x in result["layers"]]
+    text = (f"{result['quality_metric']}: full prefill {result['quality_full_prefill']:.3f}, "
+            f"full reuse {result['full_reuse']['quality']:.3f} ({result['full_reuse']['relative_drop']:+.1%} drop)\n"
+            "layer quality drop\n" + "\n".join(lines) +
+            f"\ncritical layers: {result['critical_layers']} ({result['critical_fraction']:.0%}); "
+            f"contiguous block {study.critical_block(result)}\nwrote {', '.join(result['files'].values())}")
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from . import variants
+
+    if args.variants_cmd == "list":
+        rows = [{"name": n, **{"task": r.task, "description": r.description, "steps": r.steps}}
+                for n, r in variants.RECIPES.items()]
+        _emit(args, {"variants": rows, "pairs": variants.PAIRS},
+              _table([[r["name"], r["task"], r["description"]] for r in rows], ["name", "task", "description"])
+              + "\npairs (sender -> receiver): " + ", ".join(f"{s} -> {r}" for s, r in variants.PAIRS))
+        return 0
+    if args.variants_cmd == "train":
+        out = variants.train(args.name, Path(args.out) if args.out else None, args.steps, progress=not args.json)
+        meta = json.loads((out / "droidspeak.json").read_text())
+        _emit(args, {"adapter": str(out), "train_wall_s": meta["train_wall_s"], "final_loss": meta["loss_curve"][-1]},
+              f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
+        return 0
+    if args.variants_cmd == "eval":
+        res = variants.evaluate(args.name, args.n, progress=not args.json)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        summary = {k: v for k, v in res.items() if k != "per_row"}
+        _emit(args, summary, f"{res['variant']} on held-out {res['task']} ({res['rows']} rows, "
+              f"{res['min_tokens']}-{res['max_tokens']} tokens), {res['metric']}: variant "
+              f"{res['variant_score']:.3f} vs base {res['base_score']:.3f}")
+        return 0
+    raise DroidspeakError("use: droidspeak variants {list,train,eval}")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from . import tasks
+    from .models import load_model
+
+    tok = load_model("base").tokenizer
+    rows = tasks.generate(args.task, args.split, args.n, tok, seed=args.seed,
+                          lengths=(args.min_tokens, args.max_tokens) if args.min_tokens else None)
+    tasks.write_jsonl(rows, args.out)
+    _emit(args, {"rows": len(rows), "out": args.out}, f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="droidspeak",
+        description="Fine-tuned variants of one base LLM share KV caches (DroidSpeak, NSDI 2026).",
+    )
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def add(name: str, help_: str, fn, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("models", "list every available model: name, kind, parent, family, identity", cmd_models)
+
+    sp = add("compat", "say whether two models may share caches, and why not", cmd_compat)
+    sp.add_argument("--sender", required=True, help="registered name, HF model dir or PEFT adapter dir")
+    sp.add_argument("--receiver", required=True, help="registered name, HF model dir or PEFT adapter dir")
+
+    sp = add("reuse", "answer one request with a plan over a sender's cache, and with full prefill", cmd_reuse)
+    sp.add_argument("--sender", required=True, help="model that prefills the context (name or path)")
+    sp.add_argument("--receiver", required=True, help="model that answers reusing it (name or path)")
+    sp.add_argument("--context", required=True, help="file holding the shared context")
+    sp.add_argument("--prompt", required=True, help="the receiver's request about the context")
+    sp.add_argument("--plan", default="all", help="none | all | S:E[,S:E...] | profile:PATH (default: all)")
+    sp.add_argument("--max-new-tokens", type=int, default=32)
+
+    sp = add("study", "studies of the algorithm (sensitivity: the paper's Fig. 7)", cmd_study)
+    sp.add_argument("kind", choices=["sensitivity"], help="which study")
+    sp.add_argument("--sender", required=True)
+    sp.add_argument("--receiver", required=True)
+    sp.add_argument("--data", help="JSONL rows (context, prompt, reference?); default: generated calib rows")
+    sp.add_argument("--task", help="task whose calibration rows to generate (default: the receiver's)")
+    sp.add_argument("--metric", help="metric against references (f1, edit_sim, rouge_l, call_fields)")
+    sp.add_argument("--n", type=int, default=4, help="rows (default 4)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--min-tokens", type=int, default=1024)
+    sp.add_argument("--max-tokens", type=int, default=1536)
+    sp.add_argument("--max-new-tokens", type=int, default=24)
+    sp.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
+    sp.add_argument("--profile-out", help="also write a provisional profile whose plan is the critical-layer block")
+
+    sp = add("variants", "the shipped fine-tuned variants: list, train, eval", cmd_variants)
+    vsub = sp.add_subparsers(dest="variants_cmd", metavar="ACTION")
+    vl = vsub.add_parser("list", help="variants and the pairs that share")
+    vl.add_argument("--json", action="store_true")
+    vt = vsub.add_parser("train", help="train a variant's LoRA adapter from its recipe")
+    vt.add_argument("name")
+    vt.add_argument("--steps", type=int, help="override the recipe's step count")
+    vt.add_argument("--out", help="adapter folder (default adapters/NAME)")
+    vt.add_argument("--json", action="store_true")
+    ve = vsub.add_parser("eval", help="score a variant against the base on its task's held-out rows")
+    ve.add_argument("name")
+    ve.add_argument("--n", type=int, default=40)
+    ve.add_argument("--out", help="write the full result (per row) as JSON here")
+    ve.add_argument("--json", action="store_true")
+
+    sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
+    sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall"])
+    sp.add_argument("--split", required=True, choices=["train", "calib", "heldout"])
+    sp.add_argument("--n", type=int, default=20)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--min-tokens", type=int)
+    sp.add_argument("--max-tokens", type=int)
+    sp.add_argument("--out", required=True)
+
+    sp = add("demo", "the base reads a long document once; each variant answers reusing its cache", cmd_demo)
+    sp.add_argument("--tokens", type=int, default=3000, help="approximate document length in tokens")
+    sp.add_argument("--max-new-tokens", type=int, default=48)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    if args.cmd == "variants" and not args.variants_cmd:
+        parser.parse_args(["variants", "--help"])
+    _quiet_transformers()
+    try:
+        return int(args.fn(args) or 0)
+    except DroidspeakError as e:
+        print(f"droidspeak: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("droidspeak: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

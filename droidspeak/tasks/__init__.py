@@ -1,0 +1,29 @@
+"""The shipped tasks: generators of train / calibration / held-out rows, and their metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import code, qa, toolcall
+from .common import SPLITS, Example, Split, read_jsonl, write_jsonl
+
+GENERATORS: dict[str, Callable[..., list[Example]]] = {
+    "qa": qa.generate,
+    "code": code.generate,
+    "toolcall": toolcall.generate,
+}
+METRIC_OF_TASK = {"qa": "f1", "code": "edit_sim", "toolcall": "call_fields"}
+
+
+def generate(task: str, split: Split, n: int, tokenizer: Any, seed: int = 0,
+             lengths: tuple[int, int] | None = None) -> list[Example]:
+    from ..errors import DroidspeakError
+
+    if task not in GENERATORS:
+        raise DroidspeakError(f"unknown task '{task}'; known: {', '.join(GENERATORS)}")
+    if split not in SPLITS:
+        raise DroidspeakError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    return GENERATORS[task](split, n, tokenizer=tokenizer, seed=seed, lengths=lengths)
+
+
+__all__ = ["GENERATORS", "METRIC_OF_TASK", "Example", "SPLITS", "Split", "generate", "read_jsonl", "write_jsonl"]

@@ -1,0 +1,36 @@
+"""The command line: help everywhere, one-line errors, no tracebacks (no model loading here)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("cmd", [[], ["models"], ["compat"], ["reuse"], ["study"], ["variants"], ["data"], ["demo"],
+                                 ["variants", "train"], ["variants", "eval"]])
+def test_help(cmd):
+    r = _run(*cmd, "--help")
+    assert r.returncode == 0 and "usage: droidspeak" in r.stdout
+
+
+def test_bad_plan_is_one_line(tmp_path):
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("hello")
+    r = _run("reuse", "--sender", "base", "--receiver", "base", "--context", str(ctx), "--prompt", "x",
+             "--plan", "3:99")
+    assert r.returncode == 2 and "outside the model's layers" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_missing_context_file():
+    r = _run("reuse", "--sender", "base", "--receiver", "base", "--context", "/nonexistent", "--prompt", "x")
+    assert r.returncode == 2 and "context file not found" in r.stderr
+
+
+def test_unknown_variant_recipe():
+    r = _run("variants", "train", "nope")
+    assert r.returncode == 2 and "no training recipe for 'nope'" in r.stderr

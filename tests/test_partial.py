@@ -1,0 +1,101 @@
+"""The correctness contract of partial prefill, on the tiny random model (fp32)."""
+
+import pytest
+import torch
+
+from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill
+from droidspeak.decode import greedy
+from droidspeak.errors import DroidspeakError, IncompatibleModelsError, PlanError
+from droidspeak.tiny import tiny_model
+
+ATOL = 1e-4
+SUFFIX = [11, 12, 13, 14, 15]
+
+
+def _generate(model, ids, n):
+    out = model.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("suffix", [SUFFIX, []], ids=["with-suffix", "prompt-is-prefix"])
+def test_all_layers_recomputed_equals_receiver_full_prefill(tiny, tiny_recv, tiny_ids, suffix):
+    cap = capture(tiny, tiny_ids, e_layers=RecomputePlan.all(6).transition_layers)
+    full = full_prefill(tiny_recv, tiny_ids + suffix)
+    part = partial_prefill(tiny_recv, cap, RecomputePlan.all(6), suffix)
+    assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
+    assert part.cache.get_seq_length() == len(tiny_ids) + len(suffix)
+    # and the sender's cache really differs from the receiver's: the test is not vacuous
+    none = partial_prefill(tiny_recv, cap, RecomputePlan.none(6), suffix)
+    assert torch.max(torch.abs(full.logits - none.logits)) > 100 * ATOL
+
+
+@pytest.mark.parametrize("plan", ["none", "0:2", "2:4", "1:3,4:6", "5:6"])
+@pytest.mark.parametrize("suffix", [SUFFIX, []], ids=["with-suffix", "prompt-is-prefix"])
+def test_same_model_any_plan_equals_full_prefill(tiny, tiny_ids, plan, suffix):
+    p = RecomputePlan.parse(plan, 6)
+    cap = capture(tiny, tiny_ids, e_layers=p.transition_layers)
+    full = full_prefill(tiny, tiny_ids + suffix)
+    part = partial_prefill(tiny, cap, p, suffix)
+    assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
+
+
+@pytest.mark.parametrize("suffix", [SUFFIX, []], ids=["with-suffix", "prompt-is-prefix"])
+@pytest.mark.parametrize("case", ["all-recomputed", "same-model-none"])
+def test_greedy_after_partial_equals_generate(tiny, tiny_recv, tiny_ids, suffix, case):
+    sender, receiver, plan = (tiny, tiny_recv, "all") if case == "all-recomputed" else (tiny, tiny, "none")
+    p = RecomputePlan.parse(plan, 6)
+    cap = capture(sender, tiny_ids, e_layers=p.transition_layers)
+    part = partial_prefill(receiver, cap, p, suffix)
+    got = greedy(receiver.model, part.cache, part.logits, 12)
+    want = _generate(receiver, tiny_ids + suffix, 12)
+    assert len(set(want)) > 2, "degenerate decoding would make this test vacuous"
+    assert got == want
+
+
+def test_partial_plan_differs_from_both_extremes(tiny, tiny_recv, tiny_ids):
+    """A middle plan on a real pair is neither full reuse nor full prefill: it mixes both."""
+    cap = capture(tiny, tiny_ids, e_layers=[2])
+    full = full_prefill(tiny_recv, tiny_ids + SUFFIX).logits
+    mid = partial_prefill(tiny_recv, cap, RecomputePlan.parse("2:4", 6), SUFFIX).logits
+    none = partial_prefill(tiny_recv, cap, RecomputePlan.none(6), SUFFIX).logits
+    assert not torch.allclose(mid, full, atol=ATOL) and not torch.allclose(mid, none, atol=ATOL)
+
+
+def test_recompute_starts_from_sender_e(tiny, tiny_recv, tiny_ids):
+    """Corrupting the sender's E at the transition layer must change the result (E is really used)."""
+    cap = capture(tiny, tiny_ids, e_layers=[3])
+    a = partial_prefill(tiny_recv, cap, RecomputePlan.parse("3:6", 6), SUFFIX).logits
+    cap.e[3] = cap.e[3] * 0.5
+    b = partial_prefill(tiny_recv, cap, RecomputePlan.parse("3:6", 6), SUFFIX).logits
+    assert not torch.allclose(a, b)
+
+
+def test_capture_shapes(tiny, tiny_ids):
+    cap = capture(tiny, tiny_ids, e_layers=[0, 4])
+    k, v = cap.kv[2]
+    assert k.shape == v.shape == (1, 2, len(tiny_ids), 16)  # [batch, kv_heads, n, head_dim]
+    assert cap.e[4].shape == (1, len(tiny_ids), 64)  # [batch, n, hidden]
+    assert set(cap.e) == {0, 4} and cap.sender_identity == tiny.identity
+    assert cap.nbytes() == sum(cap.kv_nbytes(l) for l in range(6)) + cap.e_nbytes(0) + cap.e_nbytes(4)
+
+
+def test_missing_e_is_a_clear_error(tiny, tiny_recv, tiny_ids):
+    cap = capture(tiny, tiny_ids, e_layers=[])
+    with pytest.raises(DroidspeakError, match=r"lacks e\[2\]"):
+        partial_prefill(tiny_recv, cap, RecomputePlan.parse("2:4", 6), SUFFIX)
+
+
+def test_other_family_is_refused(tiny, tiny_ids):
+    other = tiny_model(seed=3, num_layers=6, rope_theta=99.0)
+    cap = capture(tiny, tiny_ids)
+    with pytest.raises(IncompatibleModelsError, match="RoPE"):
+        partial_prefill(other, cap, RecomputePlan.all(6), SUFFIX)
+
+
+def test_plan_outside_layer_range_is_refused(tiny, tiny_ids):
+    with pytest.raises(PlanError, match="outside"):
+        RecomputePlan.parse("4:9", tiny.num_layers)
+    cap = capture(tiny, tiny_ids)
+    with pytest.raises(DroidspeakError, match="plan is for 30 layers"):
+        partial_prefill(tiny, cap, RecomputePlan.none(30), SUFFIX)

@@ -1,0 +1,166 @@
+"""Integration tests on the real SmolLM2-135M-Instruct (and a shipped variant), fp32."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill
+from droidspeak.decode import greedy, stop_ids
+from droidspeak.errors import IncompatibleModelsError, UnknownModelError, WeightFileError
+from droidspeak.models import load_model, resolve
+
+pytestmark = pytest.mark.smollm
+ATOL = 1e-4
+CONTEXT = (
+    "Meeting notes, harbour committee.\n"
+    + " ".join(f"Item {i}: the committee reviewed berth {i * 7 % 31} and the tide tables for week {i}." for i in range(18))
+)
+REQUEST = "Which berth was reviewed in item 5? Answer briefly."
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _generate(m, ids, n):
+    out = m.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           max_new_tokens=n, do_sample=False, eos_token_id=None,
+                           pad_token_id=m.tokenizer.pad_token_id or 0)
+    return out[0, len(ids):].tolist()
+
+
+def test_base_is_smollm2(smol_base):
+    f = smol_base.family
+    assert (f.num_layers, f.hidden_size, f.num_heads, f.num_kv_heads, f.head_dim) == (30, 576, 9, 3, 64)
+    assert f.vocab_size == 49152 and smol_base.spec.kind == "base"
+
+
+def test_layout_context_is_true_prefix(smol_base):
+    tok = smol_base.tokenizer
+    p = layout(tok, CONTEXT, REQUEST)
+    rendered = tok.apply_chat_template([{"role": "user", "content": CONTEXT}, {"role": "user", "content": REQUEST}],
+                                       tokenize=False, add_generation_prompt=True)
+    assert tok.decode(p.ids) == rendered
+    q = layout(tok, CONTEXT, "A different request entirely?")
+    assert p.prefix == q.prefix and p.suffix != q.suffix
+
+
+@pytest.mark.parametrize("with_suffix", [True, False], ids=["with-suffix", "prompt-is-prefix"])
+def test_all_recomputed_equals_variant_full_prefill(smol_base, smol_variant, with_suffix):
+    p = layout(smol_base.tokenizer, CONTEXT, REQUEST)
+    suffix = list(p.suffix) if with_suffix else []
+    cap = capture(smol_base, list(p.prefix))
+    full = full_prefill(smol_variant, list(p.prefix) + suffix)
+    part = partial_prefill(smol_variant, cap, RecomputePlan.all(30), suffix)
+    assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
+    got = greedy(smol_variant.model, part.cache, part.logits, 16)
+    assert got == _generate(smol_variant, list(p.prefix) + suffix, 16)
+    # the base's cache alone would not do: full reuse changes the variant's logits
+    none = partial_prefill(smol_variant, cap, RecomputePlan.none(30), suffix)
+    assert torch.max(torch.abs(full.logits - none.logits)) > 100 * ATOL
+
+
+@pytest.mark.parametrize("with_suffix", [True, False], ids=["with-suffix", "prompt-is-prefix"])
+def test_same_model_nothing_recomputed_equals_full_prefill(smol_base, with_suffix):
+    p = layout(smol_base.tokenizer, CONTEXT, REQUEST)
+    suffix = list(p.suffix) if with_suffix else []
+    cap = capture(smol_base, list(p.prefix))
+    full = full_prefill(smol_base, list(p.prefix) + suffix)
+    part = partial_prefill(smol_base, cap, RecomputePlan.none(30), suffix)
+    assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
+    got = greedy(smol_base.model, part.cache, part.logits, 16)
+    assert got == _generate(smol_base, list(p.prefix) + suffix, 16)
+
+
+def test_stop_ids_include_im_end(smol_base):
+    assert smol_base.tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_ids(smol_base.tokenizer)
+
+
+def test_models_json_lists_one_family():
+    r = _cli("models", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    names = {x["name"] for x in rows}
+    assert "smollm2-135m-instruct" in names
+    assert {"smollm2-qa", "smollm2-code", "smollm2-toolcall"} <= names
+    assert len({x["family"] for x in rows}) == 1
+    assert len({x["identity"] for x in rows}) == len(rows)
+    assert all(x["parent"] == "smollm2-135m-instruct" for x in rows if x["kind"] == "lora")
+
+
+def test_unknown_model_is_one_line():
+    r = _cli("compat", "--sender", "base", "--receiver", "no-such-model")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in r.stderr
+    assert "smollm2-135m-instruct" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UnknownModelError):
+        resolve("no-such-model")
+
+
+def _variant_dir():
+    from droidspeak.models import shipped_variants
+
+    vs = shipped_variants()
+    if not vs:
+        pytest.skip("no shipped variants")
+    return vs[0].path
+
+
+def test_corrupt_adapter_names_the_file(tmp_path):
+    d = tmp_path / "broken"
+    shutil.copytree(_variant_dir(), d)
+    w = d / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # truncated
+    with pytest.raises(WeightFileError, match="adapter_model.safetensors"):
+        load_model(str(d))
+    r = _cli("compat", "--sender", "base", "--receiver", str(d))
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_model_dir_names_the_file(tmp_path, smol_base):
+    d = tmp_path / "fullmodel"
+    d.mkdir()
+    (d / "config.json").write_text(smol_base.model.config.to_json_string())
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(WeightFileError, match="model.safetensors"):
+        load_model(str(d))
+
+
+def test_same_name_new_weights_new_identity(tmp_path, smol_base):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "adapter"
+    shutil.copytree(_variant_dir(), d)
+    first = load_model(str(d)).identity
+    w = d / "adapter_model.safetensors"
+    t = load_file(str(w))
+    k = sorted(t)[0]
+    t[k] = t[k] + 0.01
+    save_file(t, str(w))
+    second = load_model(str(d)).identity
+    assert first != second
+
+
+def test_adapter_for_another_base_is_refused(tmp_path, smol_base):
+    from peft import LoraConfig, get_peft_model
+
+    from droidspeak.tiny import tiny_model
+
+    tiny = tiny_model(0)
+    peft = get_peft_model(tiny.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    d = tmp_path / "tiny-adapter"
+    peft.save_pretrained(str(d))
+    with pytest.raises(IncompatibleModelsError, match="does not fit base"):
+        load_model(str(d))
+    # and an adapter whose recorded base identity is another model's
+    d2 = tmp_path / "renamed"
+    shutil.copytree(_variant_dir(), d2)
+    meta = json.loads((d2 / "droidspeak.json").read_text())
+    meta["base_identity"] = "0" * 32
+    (d2 / "droidspeak.json").write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleModelsError, match="trained on base"):
+        load_model(str(d2))
