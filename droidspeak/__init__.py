@@ -11,7 +11,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SenderCapture": "capture", "capture": "capture",
+    "SenderCapture": "sender", "capture": "sender",
     "DroidspeakError": "errors",
     "Compatibility": "family", "FamilyFingerprint": "family", "compatibility": "family",
     "LoadedModel": "models", "load_model": "models",

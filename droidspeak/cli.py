@@ -72,6 +72,8 @@ def cmd_reuse(args: argparse.Namespace) -> int:
     from .plan import RecomputePlan
     from .reuse import profile_checker, prompt_for, require_shareable, run_reuse, warm_up
 
+    if not 1 <= args.max_new_tokens <= 4096:
+        raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
     ctx_path = Path(args.context)
     if not ctx_path.is_file():
         raise DroidspeakError(f"context file not found: {ctx_path}")

@@ -13,7 +13,7 @@ import json
 import time
 
 from . import tasks
-from .capture import capture
+from .sender import capture
 from .decode import greedy, stop_ids
 from .metrics import score
 from .models import BASE_NAME, load_model, shipped_variants

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,12 @@ def shipped_variants() -> list[ModelSpec]:
             meta_file = d / "droidspeak.json"
             if not (d / "adapter_config.json").is_file() or not meta_file.is_file():
                 continue
-            meta = json.loads(meta_file.read_text())
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                print(f"droidspeak: warning: skipping adapter {d.name}: unreadable {meta_file.name} ({e})",
+                      file=sys.stderr)
+                continue
             out.append(
                 ModelSpec(
                     name=meta.get("name", d.name),

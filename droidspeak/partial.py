@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .capture import SenderCapture
+from .sender import SenderCapture
 from .errors import DroidspeakError, IncompatibleModelsError
 from .family import compatibility
 from .models import LoadedModel

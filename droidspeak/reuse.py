@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .capture import SenderCapture, capture
+from .sender import SenderCapture, capture
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError, IncompatibleModelsError
 from .family import compatibility

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .capture import capture
+from .sender import capture
 from .decode import greedy, stop_ids
 from .metrics import kl_divergence, score, token_f1
 from .models import LoadedModel
@@ -28,6 +28,7 @@ from .reuse import require_shareable
 from .tasks import Example
 
 CRITICAL_DROP = 0.10
+KL_NOISE = 1e-6
 
 
 def _answer(model: LoadedModel, result, max_new_tokens: int) -> str:
@@ -94,24 +95,30 @@ def sensitivity(sender: LoadedModel, receiver: LoadedModel, rows: list[Example],
 
 
 def plot_sensitivity(result: dict[str, Any], path: Path) -> None:
+    """Two panels: quality per reused layer (gold metric and agreement), and first-token KL."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     layers = [x["layer"] for x in result["layers"]]
-    quality = [x["quality"] for x in result["layers"]]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5.6), sharex=True)
     colors = ["tab:red" if x["critical"] else "tab:blue" for x in result["layers"]]
-    ax.bar(layers, quality, color=colors)
+    ax.bar(layers, [x["quality"] for x in result["layers"]], color=colors, alpha=0.8,
+           label=f"{result['quality_metric']} (red: critical)")
+    if result["quality_metric"] != "agreement_f1_vs_full_prefill":
+        ax.plot(layers, [x["agreement_f1"] for x in result["layers"]], "o-", color="tab:green", ms=3, lw=1,
+                label="agreement F1 with receiver's full-prefill answer")
     ax.axhline(result["quality_full_prefill"], color="k", ls="--", lw=1, label="receiver full prefill")
-    ax.axhline(result["quality_full_prefill"] * (1 - CRITICAL_DROP), color="tab:red", ls=":", lw=1,
-               label="-10% (critical below)")
     ax.axhline(result["full_reuse"]["quality"], color="tab:gray", ls="-.", lw=1, label="full reuse")
-    ax.set_xlabel("layer reused from the sender (all others recomputed)")
-    ax.set_ylabel(result["quality_metric"])
+    ax.set_ylabel("quality")
     ax.set_title(f"Layer sensitivity: {result['sender']} -> {result['receiver']} ({result['rows']} rows)")
     ax.legend(fontsize=7, loc="lower left")
+    ax2.bar(layers, [x["first_token_kl"] for x in result["layers"]], color="tab:purple")
+    ax2.axhline(result["full_reuse"]["first_token_kl"], color="tab:gray", ls="-.", lw=1, label="full reuse")
+    ax2.set_ylabel("first-token KL (nats)")
+    ax2.set_xlabel("layer reused from the sender (all others recomputed)")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -126,15 +133,21 @@ def write(result: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]
     return js, png
 
 
-def critical_block(result: dict[str, Any], top_k: int = 3) -> str:
-    """The paper's rule of thumb: one contiguous block spanning the critical layers.
+def critical_block(result: dict[str, Any], kl_share: float = 0.5) -> str:
+    """One contiguous block spanning the critical layers (the paper's rule of thumb).
 
-    Where no layer is critical, the block spans the ``top_k`` layers whose reuse costs most.
+    Where no layer is critical by the quality metric (too few rows, or a metric too coarse to
+    move), the block spans the layers whose reuse alone costs at least ``kl_share`` of the largest
+    single-layer first-token KL: the label-free signal of the same study.
     """
-    layers = result["layers"]
-    crit = result["critical_layers"] or sorted(
-        (x["layer"] for x in sorted(layers, key=lambda x: -x["relative_drop"])[:top_k])
-    )
+    crit = result["critical_layers"]
+    if not crit:
+        kls = [x["first_token_kl"] for x in result["layers"]]
+        top = max(kls)
+        if top > KL_NOISE:  # below this the two caches agree to float rounding
+            crit = [x["layer"] for x in result["layers"] if x["first_token_kl"] >= kl_share * top]
+    if not crit:
+        return "none"
     return f"{min(crit)}:{max(crit) + 1}"
 
 
@@ -144,6 +157,6 @@ def provisional_profile(result: dict[str, Any], study_file: str) -> dict[str, An
         "sender": result["sender"], "receiver": result["receiver"],
         "sender_identity": result["sender_identity"], "receiver_identity": result["receiver_identity"],
         "family": result["family"], "chosen_plan": critical_block(result),
-        "method": "critical-layer block from the sensitivity study (provisional)",
+        "method": "critical-layer block from the sensitivity study (provisional, until `droidspeak profile`)",
         "source": study_file, "quality_metric": result["quality_metric"], "rows": result["rows"],
     }

@@ -16,16 +16,22 @@ from .models import LoadedModel, ModelSpec
 TINY_VOCAB = 256
 
 
-def tiny_config(num_layers: int = 6, **overrides):
-    from transformers import LlamaConfig
+ARCHS = ("llama", "mistral", "qwen2")
 
+
+def tiny_config(num_layers: int = 6, arch: str = "llama", **overrides):
+    """A tiny config of one Llama-family architecture (``llama``, ``mistral`` or ``qwen2``)."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
+    arch_name = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]
     cfg = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
                rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1,
-               eos_token_id=2, pad_token_id=0, architectures=["LlamaForCausalLM"],
+               eos_token_id=2, pad_token_id=0, architectures=[arch_name],
                initializer_range=0.1)  # wide enough that greedy decoding does not collapse to one token
     cfg.update(overrides)
-    return LlamaConfig(**cfg)
+    return config_cls(**cfg)
 
 
 def _wrap(model, name: str, kind: str = "full") -> LoadedModel:
@@ -34,14 +40,15 @@ def _wrap(model, name: str, kind: str = "full") -> LoadedModel:
     return LoadedModel(ModelSpec(name, kind, None), model, None, ident.tensors_digest(model.state_dict()), fam)
 
 
-def tiny_model(seed: int = 0, num_layers: int = 6, dtype: torch.dtype = torch.float32, **overrides) -> LoadedModel:
-    """A random tiny Llama; the same seed always gives the same weights (and identity)."""
-    from transformers import LlamaForCausalLM
+def tiny_model(seed: int = 0, num_layers: int = 6, dtype: torch.dtype = torch.float32, arch: str = "llama",
+               **overrides) -> LoadedModel:
+    """A random tiny model; the same seed always gives the same weights (and identity)."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(num_layers, **overrides)).to(dtype)
+    model = AutoModelForCausalLM.from_config(tiny_config(num_layers, arch, **overrides)).to(dtype)
     model.config._attn_implementation = "sdpa"
-    return _wrap(model, f"tiny-{seed}")
+    return _wrap(model, f"tiny-{arch}-{seed}")
 
 
 def tiny_variant(base: LoadedModel, seed: int = 1, scale: float = 0.5, layers: list[int] | None = None) -> LoadedModel:

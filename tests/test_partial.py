@@ -99,3 +99,20 @@ def test_plan_outside_layer_range_is_refused(tiny, tiny_ids):
     cap = capture(tiny, tiny_ids)
     with pytest.raises(DroidspeakError, match="plan is for 30 layers"):
         partial_prefill(tiny, cap, RecomputePlan.none(30), SUFFIX)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_other_llama_family_architectures_work_unchanged(arch, tiny_ids):
+    from droidspeak.tiny import tiny_variant
+
+    sender = tiny_model(seed=0, arch=arch)
+    receiver = tiny_variant(sender, seed=1)
+    assert sender.family.architecture.lower().startswith(arch)
+    cap = capture(sender, tiny_ids, e_layers=[2])
+    for suffix in (SUFFIX, []):
+        full_r = full_prefill(receiver, tiny_ids + suffix).logits
+        assert torch.max(torch.abs(full_r - partial_prefill(receiver, cap, RecomputePlan.all(6), suffix).logits)) <= ATOL
+        full_s = full_prefill(sender, tiny_ids + suffix).logits
+        assert torch.max(torch.abs(full_s - partial_prefill(sender, cap, RecomputePlan.parse("2:4", 6), suffix).logits)) <= ATOL
+    # and a Llama of the same shapes is another family
+    assert not tiny_model(seed=0, arch="llama").family == sender.family

@@ -164,3 +164,54 @@ def test_adapter_for_another_base_is_refused(tmp_path, smol_base):
     (d2 / "droidspeak.json").write_text(json.dumps(meta))
     with pytest.raises(IncompatibleModelsError, match="trained on base"):
         load_model(str(d2))
+
+
+def test_reuse_cli_json(tmp_path):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(CONTEXT)
+    r = _cli("reuse", "--sender", "base", "--receiver", "smollm2-qa", "--context", str(ctx), "--prompt", REQUEST,
+             "--plan", "all", "--max-new-tokens", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("answer", "full_answer", "ttft_s", "full_ttft_s", "recomputed_layers", "first_token_kl",
+                "answer_f1_vs_full"):
+        assert key in d
+    assert d["recomputed_layers"] == list(range(30))
+    assert d["answer"] == d["full_answer"] and d["first_token_kl"] < 1e-6
+
+
+def test_sensitivity_study_machinery(smol_base):
+    """Sender == receiver: reusing any single layer changes nothing, so every layer scores 1.0."""
+    from droidspeak import study
+    from droidspeak.tasks import Example
+
+    rows = [Example(CONTEXT[:400], REQUEST, None)]
+    res = study.sensitivity(smol_base, smol_base, rows, metric=None, max_new_tokens=4, progress=False)
+    assert len(res["layers"]) == 30 and res["critical_layers"] == []
+    assert all(x["agreement_f1"] == 1.0 and x["first_token_kl"] < 1e-6 for x in res["layers"])
+    assert study.critical_block(res) == "none"  # nothing to recompute when sender == receiver
+
+
+def test_demo_runs_end_to_end():
+    r = _cli("demo", "--tokens", "700", "--max-new-tokens", "6", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "TTFT shared" in r.stdout and "smollm2-qa" in r.stdout
+
+
+def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):
+    """A Hugging Face model directory loads by path; a different family is refused with the reason."""
+    from droidspeak.tiny import tiny_model
+
+    d = tmp_path / "tiny-hf"
+    tiny = tiny_model(0, vocab_size=smol_base.family.vocab_size)
+    tiny.model.save_pretrained(str(d), safe_serialization=True)
+    smol_base.tokenizer.save_pretrained(str(d))
+    other = load_model(str(d))
+    assert other.spec.kind == "full" and other.family.num_layers == 6
+    r = _cli("compat", "--sender", "base", "--receiver", str(d))
+    assert r.returncode == 1
+    assert "different model families" in r.stdout and "layer count differs (30 vs 6)" in r.stdout
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(CONTEXT)
+    r = _cli("reuse", "--sender", "base", "--receiver", str(d), "--context", str(ctx), "--prompt", "x")
+    assert r.returncode == 2 and "may not share caches" in r.stderr and "Traceback" not in r.stderr
