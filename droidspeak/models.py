@@ -206,9 +206,12 @@ def _converted_base_dir() -> Path:
         (tmp / "droidspeak_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": h.hexdigest()}, indent=1)
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists() and not (target / "droidspeak_source.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # a leftover of some other tool: not ours
+        try:
+            os.rename(tmp, target)  # atomic: readers see no copy or a whole one
+        except OSError:
+            pass  # another process finished the same conversion first; its copy is identical
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

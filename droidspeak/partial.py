@@ -74,6 +74,9 @@ def partial_prefill(receiver: LoadedModel, cap: SenderCapture, plan: RecomputePl
     n = cap.num_tokens
     if n == 0:
         raise DroidspeakError("cannot reuse an empty context")
+    bad = cap.shape_errors(plan.reused_layers, plan.transition_layers)
+    if bad:  # never run on a cache that does not belong to these tokens
+        raise DroidspeakError(f"sender capture is inconsistent: {bad[0]}")
     surface = ModelSurface(receiver.model)
     dtype = surface.dtype
     t0 = time.perf_counter()

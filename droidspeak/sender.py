@@ -47,6 +47,20 @@ class SenderCapture:
     def nbytes(self) -> int:
         return sum(self.kv_nbytes(l) for l in self.kv) + sum(self.e_nbytes(l) for l in self.e)
 
+    def shape_errors(self, kv_layers: Iterable[int], e_layers: Iterable[int]) -> list[str]:
+        """Entries whose shapes do not fit this capture's family and token count (empty when all fit)."""
+        f, n = self.family, self.num_tokens
+        want_kv, want_e = (1, f.num_kv_heads, n, f.head_dim), (1, n, f.hidden_size)
+        out = []
+        for l in kv_layers:
+            k, v = self.kv[l]
+            if tuple(k.shape) != want_kv or tuple(v.shape) != want_kv:
+                out.append(f"kv[{l}] has shape {tuple(k.shape)}/{tuple(v.shape)}, expected {want_kv}")
+        for l in e_layers:
+            if tuple(self.e[l].shape) != want_e:
+                out.append(f"e[{l}] has shape {tuple(self.e[l].shape)}, expected {want_e}")
+        return out
+
     def missing(self, kv_layers: Iterable[int], e_layers: Iterable[int]) -> list[str]:
         """Names of the entries a plan needs that this capture lacks (empty when complete)."""
         out = [f"kv[{l}]" for l in kv_layers if l not in self.kv]

@@ -116,3 +116,11 @@ def test_other_llama_family_architectures_work_unchanged(arch, tiny_ids):
         assert torch.max(torch.abs(full_s - partial_prefill(sender, cap, RecomputePlan.parse("2:4", 6), suffix).logits)) <= ATOL
     # and a Llama of the same shapes is another family
     assert not tiny_model(seed=0, arch="llama").family == sender.family
+
+
+def test_inconsistent_capture_is_refused(tiny, tiny_recv, tiny_ids):
+    cap = capture(tiny, tiny_ids, e_layers=[2])
+    k, v = cap.kv[4]
+    cap.kv[4] = (k[:, :, :-1], v[:, :, :-1])  # one token short, as a truncated store entry would be
+    with pytest.raises(DroidspeakError, match=r"kv\[4\] has shape"):
+        partial_prefill(tiny_recv, cap, RecomputePlan.parse("2:3", 6), SUFFIX)

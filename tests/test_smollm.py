@@ -215,3 +215,18 @@ def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):
     ctx.write_text(CONTEXT)
     r = _cli("reuse", "--sender", "base", "--receiver", str(d), "--context", str(ctx), "--prompt", "x")
     assert r.returncode == 2 and "may not share caches" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gguf_converts_once_to_safetensors(tmp_path):
+    """A fresh DROIDSPEAK_HOME: the first load converts the GGUF, the second reuses the copy."""
+    code = (
+        "import time, json; from droidspeak.models import load_model, _converted_base_dir; t=time.time(); "
+        "m=load_model('base'); print(json.dumps({'s': time.time()-t, 'id': m.identity, 'dir': str(_converted_base_dir())}))"
+    )
+    env = {**__import__("os").environ, "DROIDSPEAK_HOME": str(tmp_path)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                      timeout=600, check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert runs[0]["id"] == runs[1]["id"]
+    conv = __import__("pathlib").Path(runs[0]["dir"])
+    assert conv.is_relative_to(tmp_path) and (conv / "model.safetensors").is_file()
+    assert runs[1]["s"] < runs[0]["s"]
