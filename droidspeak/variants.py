@@ -110,7 +110,7 @@ def train(name: str, out_dir: Path | None = None, steps: int | None = None, prog
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(round(float(loss), 4))
+        losses.append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     wall = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)

@@ -30,12 +30,19 @@ _RECORD = {
         "A shipment of {quantity} {product} was ordered by {customer} for {city} under number {order_id}.",
     ],
 }
+# The train split asks in several ways (a schema, a signature, plain words), so that the variant
+# learns the call format rather than one phrasing; calib and held-out wordings appear nowhere here.
 _REQUEST = {
-    "train": ("Emit the tool call that would {verb} the order of {customer}. Reply with JSON "
-              '{{"name": "{fn}", "arguments": {{"order_id", "product", "quantity", "city"}}}} only.'),
-    "calib": "Produce a JSON call to {fn} for the order placed by {customer}, with order_id, product, quantity and city.",
-    "heldout": ("Call the function {fn}(order_id, product, quantity, city) for {customer}'s order. "
-                "Answer with the JSON call."),
+    "train": [
+        ('Emit the tool call that would {verb} the order of {customer}. Reply with JSON '
+         '{{"name": "{fn}", "arguments": {{"order_id", "product", "quantity", "city"}}}} only.'),
+        "Tool: {fn}(order_id, product, quantity, city). Invoke it for the order of {customer}; output the JSON call only.",
+        "We need to {verb} what {customer} ordered. Write the {fn} function call as JSON.",
+        "Return a JSON function call of {fn} with the order details of {customer}.",
+    ],
+    "calib": ["Produce a JSON call to {fn} for the order placed by {customer}, with order_id, product, quantity and city."],
+    "heldout": [("Call the function {fn}(order_id, product, quantity, city) for {customer}'s order. "
+                 "Answer with the JSON call.")],
 }
 
 
@@ -75,7 +82,7 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
         gold = rng.choice(orders)
         fn = rng.choice(list(ACTIONS))
         context = f"Order log, warehouse {names.word(rng)}\n\n" + "\n".join(lines)
-        prompt = _REQUEST[split].format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
+        prompt = rng.choice(_REQUEST[split]).format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
         rows.append(Example(context, prompt, reference_call(fn, gold), "toolcall",
                             {"split": split, "approx_tokens": total, "index": i}))
     return rows
