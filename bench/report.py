@@ -55,9 +55,11 @@ def sensitivity_section() -> list[str]:
         out.append(f"| {r['sender']} -> {r['receiver']} | {r['rows']} | {r['quality_metric']} | "
                    f"{r['quality_full_prefill']:.3f} | {r['full_reuse']['quality']:.3f} ({r['full_reuse']['relative_drop']:+.0%}) | "
                    f"{crit} | {r['critical_fraction']:.0%} | {block} | [{f.stem}.png](bench/results/{f.stem}.png) |")
-    out += ["", "Command: `droidspeak study sensitivity --sender SENDER --receiver RECEIVER --n 4 "
-            "--profile-out profiles/SENDER__RECEIVER.json` (calibration rows of the receiver's task, 1024-1536 "
-            "context tokens).", ""]
+    out += ["", "Command: `droidspeak study sensitivity --sender SENDER --receiver RECEIVER --n ROWS "
+            "--profile-out profiles/SENDER__RECEIVER.json` (ROWS as in the table; calibration rows of the receiver's "
+            "task, 1024-1536 context tokens; first-token KL per layer is in the JSON and the plot's lower panel). "
+            "`block` is the provisional plan the profile carries: the span of the critical layers, or, where none "
+            "is critical, of the layers whose reuse alone costs at least half the largest single-layer KL.", ""]
     return out
 
 

@@ -116,7 +116,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         metric = args.metric or tasks.METRIC_OF_TASK[task]
     if not rows:
         raise DroidspeakError("no rows to study")
-    result = study.sensitivity(sender, receiver, rows, metric, args.max_new_tokens, progress=not args.json)
+    max_new = args.max_new_tokens
+    if max_new is None:  # long enough for the receiver's task's answers (a JSON call needs ~60 tokens)
+        from .variants import RECIPES
+
+        max_new = RECIPES[receiver.name].max_new_tokens if receiver.name in RECIPES else 24
+    result = study.sensitivity(sender, receiver, rows, metric, max_new, progress=not args.json)
     stem = f"sensitivity_{Path(sender.name).name}__{Path(receiver.name).name}"
     js, png = study.write(result, Path(args.out), stem)
     result["files"] = {"json": str(js), "png": str(png)}
@@ -224,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--min-tokens", type=int, default=1024)
     sp.add_argument("--max-tokens", type=int, default=1536)
-    sp.add_argument("--max-new-tokens", type=int, default=24)
+    sp.add_argument("--max-new-tokens", type=int, help="answer length (default: the receiver's task's, else 24)")
     sp.add_argument("--out", default="bench/results", help="folder for the JSON and PNG (default bench/results)")
     sp.add_argument("--profile-out", help="also write a provisional profile whose plan is the critical-layer block")
 
@@ -254,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", "the base reads a long document once; each variant answers reusing its cache", cmd_demo)
     sp.add_argument("--tokens", type=int, default=3000, help="approximate document length in tokens")
-    sp.add_argument("--max-new-tokens", type=int, default=48)
+    sp.add_argument("--max-new-tokens", type=int, help="answer length (default: each variant's task's)")
     return p
 
 

@@ -22,7 +22,7 @@ from .plan import RecomputePlan
 from .prompt import layout
 from .reuse import profile_checker, run_reuse, warm_up
 from .errors import DroidspeakError
-from .variants import FALLBACK_PLAN, default_plan_spec
+from .variants import FALLBACK_PLAN, RECIPES, default_plan_spec
 
 BASE_REQUEST = "In one sentence, what kinds of records does this document contain?"
 
@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cap = capture(base, list(prefix.prefix), e_layers=e_layers)
     t_capture = time.perf_counter() - t0
     own = full_prefill(base, prefix.ids)
-    base_answer = base.tokenizer.decode(greedy(base.model, own.cache, own.logits, args.max_new_tokens,
+    base_answer = base.tokenizer.decode(greedy(base.model, own.cache, own.logits, args.max_new_tokens or 48,
                                                stop_ids(base.tokenizer)), skip_special_tokens=True)
     print(f"\nbase {BASE_NAME} read a {len(prefix.prefix)}-token document in {t_capture:.2f}s "
           f"(cache kept: {cap.nbytes() / 2**20:.1f} MiB of K/V for 30 layers + E at layers {e_layers})")
@@ -71,7 +71,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for v in variants:
         ex = requests.get(v.spec.task or "qa")
         p = layout(v.tokenizer, doc, ex.prompt)
-        rep = run_reuse(base, v, p, plans[v.name], args.max_new_tokens, cap=cap)
+        max_new = args.max_new_tokens or (RECIPES[v.name].max_new_tokens if v.name in RECIPES else 48)
+        rep = run_reuse(base, v, p, plans[v.name], max_new, cap=cap)
         metric = tasks.METRIC_OF_TASK.get(v.spec.task or "qa", "f1")
         rows.append({
             "variant": v.name, "request": ex.prompt.splitlines()[0][:70], "reference": ex.reference,

@@ -23,8 +23,11 @@ def city(rng: random.Random) -> str:
     return word(rng, (2, 3)) + rng.choice(["", "", "ford", "heim", "vale", "port", "grad", "mouth", "ton"])
 
 
+_ORG_KINDS = ["Works", "Institute", "Labs", "Guild", "Company", "Foundry", "Trust", "Collective"]
+
+
 def org(rng: random.Random) -> str:
-    return f"{word(rng, (2, 2))} {rng.choice(['Works', 'Institute', 'Labs', 'Guild', 'Company', 'Foundry', 'Trust', 'Collective'])}"
+    return f"{word(rng, (2, 2))} {rng.choice(_ORG_KINDS)}"
 
 
 JOBS = ["glassblower", "cartographer", "beekeeper", "archivist", "ferry pilot", "clockmaker", "botanist",
