@@ -9,6 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from droidspeak.study import critical_block  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"
 
@@ -44,17 +48,9 @@ def sensitivity_section() -> list[str]:
     for f in files:
         r = json.loads(f.read_text())
         crit = r["critical_layers"]
-        block = r.get("block") or "-"
-        try:
-            sys.path.insert(0, str(ROOT))
-            from droidspeak.study import critical_block
-
-            block = critical_block(r)
-        except Exception:  # noqa: BLE001
-            pass
         out.append(f"| {r['sender']} -> {r['receiver']} | {r['rows']} | {r['quality_metric']} | "
                    f"{r['quality_full_prefill']:.3f} | {r['full_reuse']['quality']:.3f} ({r['full_reuse']['relative_drop']:+.0%}) | "
-                   f"{crit} | {r['critical_fraction']:.0%} | {block} | [{f.stem}.png](bench/results/{f.stem}.png) |")
+                   f"{crit} | {r['critical_fraction']:.0%} | {critical_block(r)} | [{f.stem}.png](bench/results/{f.stem}.png) |")
     out += ["", "Command: `droidspeak study sensitivity --sender SENDER --receiver RECEIVER --n ROWS "
             "--profile-out profiles/SENDER__RECEIVER.json` (ROWS as in the table; calibration rows of the receiver's "
             "task, 1024-1536 context tokens; first-token KL per layer is in the JSON and the plot's lower panel). "

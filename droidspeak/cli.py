@@ -116,11 +116,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         metric = args.metric or tasks.METRIC_OF_TASK[task]
     if not rows:
         raise DroidspeakError("no rows to study")
-    max_new = args.max_new_tokens
-    if max_new is None:  # long enough for the receiver's task's answers (a JSON call needs ~60 tokens)
-        from .variants import RECIPES
+    from .variants import answer_length
 
-        max_new = RECIPES[receiver.name].max_new_tokens if receiver.name in RECIPES else 24
+    # long enough for the receiver's task's answers (a JSON call needs ~60 tokens)
+    max_new = args.max_new_tokens or answer_length(receiver.name, 24)
     result = study.sensitivity(sender, receiver, rows, metric, max_new, progress=not args.json)
     stem = f"sensitivity_{Path(sender.name).name}__{Path(receiver.name).name}"
     js, png = study.write(result, Path(args.out), stem)

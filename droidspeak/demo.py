@@ -22,7 +22,7 @@ from .plan import RecomputePlan
 from .prompt import layout
 from .reuse import profile_checker, run_reuse, warm_up
 from .errors import DroidspeakError
-from .variants import FALLBACK_PLAN, RECIPES, default_plan_spec
+from .variants import FALLBACK_PLAN, answer_length, default_plan_spec
 
 BASE_REQUEST = "In one sentence, what kinds of records does this document contain?"
 
@@ -71,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for v in variants:
         ex = requests.get(v.spec.task or "qa")
         p = layout(v.tokenizer, doc, ex.prompt)
-        max_new = args.max_new_tokens or (RECIPES[v.name].max_new_tokens if v.name in RECIPES else 48)
+        max_new = args.max_new_tokens or answer_length(v.name, 48)
         rep = run_reuse(base, v, p, plans[v.name], max_new, cap=cap)
         metric = tasks.METRIC_OF_TASK.get(v.spec.task or "qa", "f1")
         rows.append({

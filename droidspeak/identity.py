@@ -17,15 +17,15 @@ import torch
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """blake2b over every tensor's name, dtype, shape and bytes, in name order."""
     h = hashlib.blake2b(digest_size=16)
-    seen: dict[int, str] = {}
+    seen: dict[tuple, str] = {}
     for name in sorted(tensors):
         t = tensors[name].detach()
         key = (t.data_ptr(), t.dtype, tuple(t.shape))
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel() and hash(key) in seen:  # tied weights: hash the bytes once, name the alias
-            h.update(f"alias:{seen[hash(key)]}".encode())
+        if t.numel() and key in seen:  # tied weights: hash the bytes once, name the alias
+            h.update(f"alias:{seen[key]}".encode())
             continue
-        seen[hash(key)] = name
+        seen[key] = name
         flat = t.contiguous().cpu().reshape(-1)
         h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return h.hexdigest()

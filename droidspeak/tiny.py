@@ -16,15 +16,12 @@ from .models import LoadedModel, ModelSpec
 TINY_VOCAB = 256
 
 
-ARCHS = ("llama", "mistral", "qwen2")
-
-
 def tiny_config(num_layers: int = 6, arch: str = "llama", **overrides):
     """A tiny config of one Llama-family architecture (``llama``, ``mistral`` or ``qwen2``)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
-    arch_name = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]
+    arch_name = config_cls.__name__.replace("Config", "ForCausalLM")
     cfg = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
                rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1,

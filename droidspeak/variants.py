@@ -61,6 +61,11 @@ PAIRS: list[tuple[str, str]] = [
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def answer_length(name: str, default: int) -> int:
+    """New tokens a shipped variant's answers need (its recipe's), else ``default``."""
+    return RECIPES[name].max_new_tokens if name in RECIPES else default
+
+
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise DroidspeakError(f"no training recipe for '{name}'; known: {', '.join(RECIPES)}")
