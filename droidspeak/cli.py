@@ -140,6 +140,115 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_rows(args: argparse.Namespace, receiver: Any, split: str) -> tuple[list[Any], str | None, dict[str, Any]]:
+    """Rows from ``--data FILE`` or generated from a task's split; with their task's metric and provenance."""
+    import hashlib
+
+    from . import tasks
+
+    if args.n < 1:
+        raise DroidspeakError("--n must be at least 1")
+    if args.data:
+        rows = tasks.read_jsonl(args.data)[: args.n]
+        digest = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()[:16]
+        task_metric = args.metric
+        source = {"file": str(args.data), "sha256_16": digest}
+    else:
+        task = args.task or receiver.spec.task or "qa"
+        if task not in tasks.GENERATORS:
+            raise DroidspeakError(f"unknown task '{task}'; known: {', '.join(tasks.GENERATORS)}")
+        rows = tasks.generate(task, split, args.n, receiver.tokenizer, seed=args.seed,
+                              lengths=(args.min_tokens, args.max_tokens))
+        task_metric = args.metric or tasks.METRIC_OF_TASK[task]
+        source = {"task": task, "split": split, "seed": args.seed, "lengths": [args.min_tokens, args.max_tokens]}
+    if not rows:
+        raise DroidspeakError("no rows to run on")
+    return rows, task_metric, source
+
+
+def _add_rows_args(sp: argparse.ArgumentParser, n: int, lengths: tuple[int, int], split: str) -> None:
+    sp.add_argument("--data", help="JSONL rows (context, prompt, reference?); default: generated rows")
+    sp.add_argument("--task", help=f"task whose {split} rows to generate (qa, code, toolcall, summary; "
+                                   "default: the receiver's)")
+    sp.add_argument("--metric", help="gold metric against references (f1, edit_sim, rouge_l, call_fields)")
+    sp.add_argument("--n", type=int, default=n, help=f"rows (default {n})")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--min-tokens", type=int, default=lengths[0], help=f"generated rows (default {lengths[0]})")
+    sp.add_argument("--max-tokens", type=int, default=lengths[1], help=f"generated rows (default {lengths[1]})")
+    sp.add_argument("--max-new-tokens", type=int, help="answer length (default: the receiver's task's, else 24)")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import time
+
+    from .models import load_model
+    from .profiler import Profiler, profile_command, write_profile
+    from .reuse import prompt_for
+    from .variants import answer_length
+
+    sender, receiver = load_model(args.sender), load_model(args.receiver)
+    rows, task_metric, source = _load_rows(args, receiver, "calib")
+    metric = None
+    if args.quality == "gold":
+        metric = task_metric
+        if metric is None:
+            raise DroidspeakError("--quality gold needs --metric (or a task with references)")
+    prompts = [prompt_for(sender, receiver, r.context, r.prompt) for r in rows]
+    t0 = time.time()
+    prof = Profiler(sender, receiver, prompts, [r.reference for r in rows], metric, budget=args.budget,
+                    granularity=args.granularity, max_new_tokens=args.max_new_tokens or answer_length(receiver.name, 24),
+                    bandwidth_gbps=args.bandwidth_gbps or None, search_budget=args.search_budget,
+                    max_minutes=args.max_minutes, progress=not args.json).run()
+    prof["data"] = source
+    prof["command"] = profile_command()
+    prof["wall_s"] = round(time.time() - t0, 1)
+    files = write_profile(prof, Path(args.out))
+    ch = prof["chosen"]
+    text = (f"{prof['sender']} -> {prof['receiver']}: {prof['rows']} rows ({prof['context_tokens']['min']}-"
+            f"{prof['context_tokens']['max']} tokens), quality {prof['quality']['metric']}, budget {args.budget:.1%}\n"
+            f"  full reuse: quality drop {prof['full_reuse']['relative_drop']:.2%}, "
+            f"mean KL {prof['full_reuse']['mean_kl']:.3g}\n"
+            f"  chosen plan {ch['plan']}: {ch['recomputed_layers']}/{receiver.num_layers} layers, cost "
+            f"{ch['cost']:.2f} of full prefill, quality drop {ch['relative_drop']:.2%} ({ch['verified']})\n"
+            f"  {prof['search']['evaluated']} candidates, {prof['search']['verified']} decoded, "
+            f"{len(prof['frontier'])} on the frontier; {prof['wall_s']:.0f}s\n"
+            f"wrote {', '.join(files.values())}")
+    _emit(args, {k: v for k, v in prof.items() if k != "candidates"} | {"files": files}, text)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_plan
+    from .models import load_model
+    from .plan import RecomputePlan
+    from .reuse import profile_checker
+    from .variants import answer_length
+
+    sender, receiver = load_model(args.sender), load_model(args.receiver)
+    plan = RecomputePlan.parse(args.plan, receiver.num_layers, profile_checker(sender, receiver))
+    rows, metric, source = _load_rows(args, receiver, "heldout")
+    if args.label_free or any(r.reference is None for r in rows):
+        metric = None
+    res = evaluate_plan(sender, receiver, plan, rows, metric, args.max_new_tokens or answer_length(receiver.name, 24),
+                        progress=not args.json)
+    res["plan_spec"] = args.plan
+    res["data"] = source
+    from .profiler import profile_command
+
+    res["command"] = profile_command()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    text = (f"{res['sender']} -> {res['receiver']}, plan {res['plan']} ({res['recomputed_layers']}/{res['num_layers']} "
+            f"layers), {res['rows']} rows ({res['context_tokens']['min']}-{res['context_tokens']['max']} tokens), "
+            f"{res['metric']}\n"
+            f"  full prefill {res['quality_full']:.3f} | plan {res['quality_plan']:.3f} ({res['relative_drop']:+.1%} drop, "
+            f"{res['ttft_speedup']:.2f}x TTFT) | full reuse {res['quality_full_reuse']:.3f} "
+            f"({res['relative_drop_full_reuse']:+.1%} drop, {res['ttft_speedup_full_reuse']:.2f}x TTFT)")
+    _emit(args, {k: v for k, v in res.items() if k != "per_row"}, text)
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from . import variants
 
@@ -247,8 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
     ve.add_argument("--json", action="store_true")
 
+    sp = add("profile", "profile a pair: the cheapest recompute plan within a quality budget", cmd_profile)
+    sp.add_argument("--sender", required=True, help="model that prefills the context (name or path)")
+    sp.add_argument("--receiver", required=True, help="model that reuses it (name or path)")
+    _add_rows_args(sp, 10, (1024, 2048), "calib")
+    sp.add_argument("--quality", choices=["label-free", "gold"], default="label-free",
+                    help="label-free: agreement with the receiver's own full-prefill answer (default); "
+                         "gold: the task metric against references")
+    sp.add_argument("--budget", type=float, default=0.01, help="largest relative quality drop (default 0.01 = 1%%)")
+    sp.add_argument("--granularity", type=int, default=2, help="layers per unit of a group (default 2)")
+    sp.add_argument("--bandwidth-gbps", type=float, default=10.0,
+                    help="link the caches come over, for the cost model (default 10; 0: local, free)")
+    sp.add_argument("--search-budget", type=int, default=40, help="multi-group plans to measure (default 40)")
+    sp.add_argument("--max-minutes", type=float, default=30.0, help="stop searching early past this (default 30)")
+    sp.add_argument("--out", required=True, help="profile JSON to write (plots go beside it)")
+
+    sp = add("eval", "evaluate a plan on rows: full prefill vs plan vs full reuse, quality and TTFT", cmd_eval)
+    sp.add_argument("--sender", required=True)
+    sp.add_argument("--receiver", required=True)
+    sp.add_argument("--plan", required=True, help="none | all | S:E[,S:E...] | profile:PATH")
+    _add_rows_args(sp, 20, (1024, 8000), "heldout")
+    sp.add_argument("--label-free", action="store_true", help="score agreement with full prefill, not references")
+    sp.add_argument("--out", help="write the full result (per row) as JSON here")
+
     sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
-    sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall"])
+    sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])
     sp.add_argument("--split", required=True, choices=["train", "calib", "heldout"])
     sp.add_argument("--n", type=int, default=20)
     sp.add_argument("--seed", type=int, default=0)

@@ -52,15 +52,19 @@ def profile_checker(sender: LoadedModel, receiver: LoadedModel):
     """A check that a profile belongs to exactly this (sender, receiver) pair of weights."""
 
     def check(profile: dict[str, Any]) -> None:
+        if profile.get("family") != receiver.family.digest:
+            raise DroidspeakError(
+                f"profile was made for model family {str(profile.get('family'))[:16]}, not {receiver.name}'s "
+                f"({receiver.family.digest[:16]}): its layers do not correspond"
+            )
         for role, model in (("sender", sender), ("receiver", receiver)):
             want = profile.get(f"{role}_identity")
             if want != model.identity:
+                named = profile.get(role)
                 raise DroidspeakError(
-                    f"profile was made for {role} {str(want)[:12]}, not {model.name} ({model.identity[:12]}): "
-                    "re-run `droidspeak profile` for this pair"
+                    f"profile was made for {role} {named or '?'} ({str(want)[:12]}), not {model.name} "
+                    f"({model.identity[:12]}): another pair or changed weights; re-run `droidspeak profile` for this pair"
                 )
-        if profile.get("family") != receiver.family.digest:
-            raise DroidspeakError("profile was made for another model family")
 
     return check
 

@@ -69,3 +69,8 @@ class ModelSurface:
         """The model's own forward of ``ids`` ([1, m]) on top of ``cache``; logits of the last token."""
         out = self.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
+
+    def forward_logits(self, ids: torch.Tensor, cache: DynamicCache, keep: int) -> torch.Tensor:
+        """Like :meth:`forward_tokens`, but the logits of the last ``keep`` tokens: ``[keep, vocab]``."""
+        out = self.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
+        return out.logits[0, -keep:]

@@ -11,7 +11,8 @@ def _run(*args):
 
 
 @pytest.mark.parametrize("cmd", [[], ["models"], ["compat"], ["reuse"], ["study"], ["variants"], ["data"], ["demo"],
-                                 ["variants", "train"], ["variants", "eval"]])
+                                 ["variants", "train"], ["variants", "eval"],
+                                 ["profile"], ["eval"]])
 def test_help(cmd):
     r = _run(*cmd, "--help")
     assert r.returncode == 0 and "usage: droidspeak" in r.stdout

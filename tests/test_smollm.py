@@ -230,3 +230,25 @@ def test_gguf_converts_once_to_safetensors(tmp_path):
     conv = __import__("pathlib").Path(runs[0]["dir"])
     assert conv.is_relative_to(tmp_path) and (conv / "model.safetensors").is_file()
     assert runs[1]["s"] < runs[0]["s"]
+
+
+def test_profile_and_eval_cli_on_smollm(tmp_path):
+    """`droidspeak profile` writes a profile with plots; `eval` applies it; another pair is refused."""
+    out = tmp_path / "p.json"
+    r = _cli("profile", "--sender", "base", "--receiver", "smollm2-qa", "--n", "1", "--min-tokens", "200",
+             "--max-tokens", "260", "--granularity", "6", "--max-new-tokens", "6", "--search-budget", "2",
+             "--out", str(out), "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prof = json.loads(r.stdout)
+    assert prof["quality"]["mode"] == "label-free" and prof["chosen"]["relative_drop"] <= 0.01
+    assert (tmp_path / "p.frontier.png").stat().st_size > 1000 and (tmp_path / "p.sensitivity.png").exists()
+    assert prof["data"]["task"] == "qa" and prof["data"]["split"] == "calib"
+    r = _cli("eval", "--sender", "base", "--receiver", "smollm2-qa", "--plan", f"profile:{out}", "--n", "1",
+             "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = json.loads(r.stdout)
+    for k in ("quality_full", "quality_plan", "relative_drop", "ttft_speedup", "metric", "rows"):
+        assert k in ev
+    assert ev["metric"] == "f1" and ev["rows"] == 1 and ev["plan"] == prof["chosen_plan"]
+    r = _cli("eval", "--sender", "base", "--receiver", "smollm2-code", "--plan", f"profile:{out}", "--n", "1")
+    assert r.returncode == 2 and "another pair or changed weights" in r.stderr and "Traceback" not in r.stderr

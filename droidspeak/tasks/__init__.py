@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import code, qa, toolcall
+from . import code, qa, summary, toolcall
 from .common import SPLITS, Example, Split, read_jsonl, write_jsonl
 
 GENERATORS: dict[str, Callable[..., list[Example]]] = {
     "qa": qa.generate,
     "code": code.generate,
     "toolcall": toolcall.generate,
+    "summary": summary.generate,  # label-free: no references
 }
-METRIC_OF_TASK = {"qa": "f1", "code": "edit_sim", "toolcall": "call_fields"}
+METRIC_OF_TASK: dict[str, str | None] = {"qa": "f1", "code": "edit_sim", "toolcall": "call_fields", "summary": None}
 
 
 def generate(task: str, split: Split, n: int, tokenizer: Any, seed: int = 0,

@@ -1,0 +1,514 @@
+"""The profiler: the cheapest recompute plan that keeps a receiver's quality within a budget.
+
+For one (sender, receiver) pair and some calibration rows, DroidSpeak's offline profiling scores
+every contiguous group of layers at a granularity (2 by default) and keeps the cheapest plan whose
+quality stays within a budget of the receiver's own full prefill. This module does that, made
+practical on a CPU by three observations:
+
+1. **One recompute per group start, not per group.** A group ``[s, e)`` recomputes the receiver's
+   layers ``s..e-1`` from the sender's E at ``s``; those K/V do not depend on ``e`` nor on any
+   other group. So per row the receiver runs layers ``s..L-1`` once for every unit boundary ``s``
+   (8 full prefills' worth of layers at L=30, g=2, instead of ~45 for the 120 groups one by one),
+   and the cache of *any* plan at the granularity, single- or multi-group, is assembled from
+   those pieces and the sender's K/V. Assembling is exact: the same layers run on the same inputs.
+2. **A cheap teacher-forced proxy for every candidate.** The receiver's own full-prefill answer is
+   the reference continuation; one forward of ``suffix + reference`` on a candidate's cache gives
+   the first-token KL, the mean KL over the continuation and the top-1 agreement, with no decoding.
+3. **Decoding only along the frontier, with early stopping.** Candidates on the Pareto frontier of
+   cost against mean KL are verified by real greedy decoding, by bisection along the frontier (the
+   cheapest verified plan within the budget wins), so only a handful are decoded.
+
+Quality is label-free by default: agreement (token F1) of the plan's answer with the receiver's
+own full-prefill answer, so a user needs no labelled data. With references and a metric, the
+gold metric is used instead, relative to the full prefill's score.
+
+Cost counts recomputed layers and the bytes a plan fetches (reused K/V and one E per transition),
+from the measured per-layer compute time and a link bandwidth (``CostModel``). Plans of several
+groups come from a cost-aware search: an additive predictor over the per-unit sensitivities ranks
+two-group and scattered plans for each cost level; the best are measured, and they are kept only
+where they land on the frontier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .decode import greedy, stop_ids
+from .errors import DroidspeakError
+from .metrics import score, token_f1
+from .models import LoadedModel
+from .partial import full_prefill
+from .plan import RecomputePlan
+from .prompt import PromptTokens
+from .reuse import require_shareable
+from .sender import capture
+from .surface import ModelSurface
+
+PROFILE_FORMAT = "droidspeak-profile/1"
+DEFAULT_BUDGET = 0.01
+DEFAULT_GRANULARITY = 2
+DEFAULT_BANDWIDTH_GBPS = 10.0  # a commodity datacenter link; the store issue measures the real one
+
+
+# ----------------------------------------------------------------------------- cost
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Predicted prefill time of a plan: recomputed layers plus the bytes it fetches.
+
+    ``layer_s_per_token``: the receiver's compute time per layer per context token (measured).
+    ``bandwidth_bytes_s``: the link the sender's caches come over; ``None`` means they are local.
+    Fetch and compute are added (no overlap assumed); pipelining can only do better.
+    """
+
+    num_layers: int
+    layer_s_per_token: float
+    kv_bytes_per_token: int  # one layer's K and V for one token
+    e_bytes_per_token: int  # one E for one token
+    bandwidth_bytes_s: float | None
+
+    def seconds(self, plan: RecomputePlan, tokens: int) -> float:
+        compute = len(plan.recomputed_layers) * self.layer_s_per_token * tokens
+        if not self.bandwidth_bytes_s:
+            return compute
+        fetched = len(plan.reused_layers) * self.kv_bytes_per_token + len(plan.transition_layers) * self.e_bytes_per_token
+        return compute + fetched * tokens / self.bandwidth_bytes_s
+
+    def relative(self, plan: RecomputePlan) -> float:
+        """Cost as a fraction of the receiver's full prefill (all layers computed, nothing fetched)."""
+        return self.seconds(plan, 1) / (self.num_layers * self.layer_s_per_token)
+
+
+# ----------------------------------------------------------------------------- units and plans
+def boundaries(num_layers: int, granularity: int) -> list[int]:
+    """Unit boundaries 0, g, 2g, ..., L (the last unit is shorter when g does not divide L)."""
+    if granularity < 1:
+        raise DroidspeakError("granularity must be at least 1 layer")
+    b = list(range(0, num_layers, granularity))
+    return b + [num_layers]
+
+
+def plan_of_units(units: tuple[int, ...] | frozenset[int], bounds: list[int]) -> RecomputePlan:
+    """The plan recomputing the given units (indices into the unit list)."""
+    L = bounds[-1]
+    return RecomputePlan.from_groups([(bounds[u], bounds[u + 1]) for u in units], L)
+
+
+@dataclass(slots=True)
+class Candidate:
+    plan: str
+    units: tuple[int, ...]
+    kind: str  # none | single | sensitivity | two-group | scattered | all
+    recomputed_layers: int
+    groups: int
+    transitions: int
+    cost: float
+    first_token_kl: float = 0.0
+    mean_kl: float = 0.0
+    top1_agreement: float = 1.0
+    quality: float | None = None  # after verification by decoding
+    relative_drop: float | None = None
+    verified: str | None = None  # "decoded" | "by construction"
+
+
+def propose_multi(sens: list[float], bounds: list[int], per_size: int = 2) -> list[tuple[float, tuple[int, ...], str]]:
+    """Multi-group plans worth measuring, best first: ``(promise, units, kind)``.
+
+    ``sens[u]`` is the quality loss (mean KL) when only unit ``u`` is reused. A plan's predicted
+    merit is the sensitivity it recomputes (the sum over its units). For every size k the
+    ``per_size`` best two-group plans and the top-k scattered plan are proposed when they promise
+    more than the best single group of that size; promise is the margin.
+    """
+    U = len(sens)
+    singles: dict[int, float] = {}
+    for a in range(U):
+        for b in range(a + 1, U + 1):
+            singles[b - a] = max(singles.get(b - a, -1.0), sum(sens[a:b]))
+    proposals: list[tuple[float, tuple[int, ...], str]] = []
+    for k in range(2, U):
+        best_single = singles.get(k, 0.0)
+        two = []
+        for a1, b1 in itertools.combinations(range(U + 1), 2):
+            for a2 in range(b1 + 1, U):  # non-adjacent second group
+                b2 = a2 + (k - (b1 - a1))
+                if b2 <= a2 or b2 > U:
+                    continue
+                units = tuple(range(a1, b1)) + tuple(range(a2, b2))
+                two.append((sum(sens[u] for u in units), units))
+        two.sort(reverse=True)
+        for merit, units in two[:per_size]:
+            if merit > best_single * 1.0001:
+                proposals.append((merit - best_single, units, "two-group"))
+        top = tuple(sorted(sorted(range(U), key=lambda u: -sens[u])[:k]))
+        if len(plan_of_units(top, bounds).groups) > 1:
+            proposals.append((sum(sens[u] for u in top) - best_single + 1e-9, top, "scattered"))
+    proposals.sort(key=lambda x: -x[0])
+    return proposals
+
+
+# ----------------------------------------------------------------------------- per-row state
+@dataclass(slots=True)
+class _Row:
+    prompt: PromptTokens
+    reference: str | None
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # the sender's K/V per layer
+    recomputed: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]  # start -> layer -> receiver K/V
+    ref_tokens: list[int]  # the receiver's own full-prefill answer
+    ref_logprobs: torch.Tensor  # [m, vocab] teacher-forced log-probs over ref_tokens (plan "all")
+    full_answer: str
+    gold_full: float | None = None
+
+
+class Profiler:
+    """Profiles one (sender, receiver) pair on a list of prompts (see the module docstring)."""
+
+    def __init__(self, sender: LoadedModel, receiver: LoadedModel, prompts: list[PromptTokens],
+                 references: list[str | None] | None = None, metric: str | None = None,
+                 budget: float = DEFAULT_BUDGET, granularity: int = DEFAULT_GRANULARITY,
+                 max_new_tokens: int = 24, bandwidth_gbps: float | None = DEFAULT_BANDWIDTH_GBPS,
+                 search_budget: int = 40, max_minutes: float = 30.0, progress: bool = True):
+        require_shareable(sender, receiver)
+        if not prompts:
+            raise DroidspeakError("no rows to profile on")
+        if not 0 <= budget < 1:
+            raise DroidspeakError("--budget is a relative quality drop in [0, 1), e.g. 0.01 for 1%")
+        if any(not p.suffix for p in prompts):
+            raise DroidspeakError("every row needs a request after the shared context")
+        self.sender, self.receiver = sender, receiver
+        self.prompts = prompts
+        self.references = references or [None] * len(prompts)
+        self.labelled = metric is not None and all(r is not None for r in self.references)
+        if metric is not None and not self.labelled:
+            raise DroidspeakError(f"metric '{metric}' needs a reference on every row")
+        self.metric = metric
+        self.budget = budget
+        self.L = receiver.num_layers
+        self.bounds = boundaries(self.L, granularity)
+        self.granularity = granularity
+        self.U = len(self.bounds) - 1
+        self.max_new_tokens = max_new_tokens
+        self.bandwidth_gbps = bandwidth_gbps
+        self.search_budget = search_budget
+        self.max_s = max_minutes * 60
+        self.progress = progress
+        self.surface = ModelSurface(receiver.model)
+        self.stops = stop_ids(receiver.tokenizer)
+        self.rows: list[_Row] = []
+        self.cands: dict[str, Candidate] = {}
+        self.notes: list[str] = []
+        self._t0 = 0.0
+        self._compute_s = 0.0
+        self._computed_layer_tokens = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _decode(self, toks: list[int]) -> str:
+        tok = self.receiver.tokenizer
+        return tok.decode(toks, skip_special_tokens=True) if tok is not None else " ".join(map(str, toks))
+
+    def _quality(self, answer: str, row: _Row) -> float:
+        if self.labelled:
+            return score(self.metric, answer, row.reference or "")
+        if not row.full_answer.strip():
+            return float(answer == row.full_answer)
+        return token_f1(answer, row.full_answer)
+
+    def _bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr)
+
+    def _cache(self, row: _Row, plan: RecomputePlan):
+        cache = self.surface.new_cache()
+        src: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for s, e in plan.groups:
+            for layer in range(s, e):
+                src[layer] = row.recomputed[s][layer]
+        for layer in range(self.L):
+            k, v = src.get(layer) or row.kv[layer]
+            cache.layers[layer].update(k, v)
+        return cache
+
+    # ------------------------------------------------------------------ stage 1: rows
+    @torch.inference_mode()
+    def _prepare(self, prompt: PromptTokens, reference: str | None) -> _Row:
+        starts = self.bounds[:-1]
+        cap = capture(self.sender, list(prompt.prefix), e_layers=[s for s in starts if s > 0])
+        full = full_prefill(self.receiver, prompt.ids)
+        ref = greedy(self.receiver.model, full.cache, full.logits, self.max_new_tokens, self.stops)
+        del full
+        n = len(prompt.prefix)
+        position_ids = torch.arange(n).unsqueeze(0)
+        context = torch.tensor([list(prompt.prefix)])
+        dtype = self.surface.dtype
+        recomputed: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+        masks = None
+        t0 = time.perf_counter()
+        for s in starts:
+            hidden = self.surface.embed(context) if s == 0 else cap.e[s].to(dtype)
+            if masks is None:
+                masks = self.surface.prefill_masks(hidden, position_ids)
+            cache = self.surface.new_cache()
+            self.surface.run_layers(hidden, s, self.L, cache, position_ids, masks)
+            recomputed[s] = {layer: (cache.layers[layer].keys, cache.layers[layer].values) for layer in range(s, self.L)}
+        self._compute_s += time.perf_counter() - t0
+        self._computed_layer_tokens += sum(self.L - s for s in starts) * n
+        row = _Row(prompt, reference, {l: (k.to(dtype), v.to(dtype)) for l, (k, v) in cap.kv.items()},
+                   recomputed, ref, torch.empty(0), self._decode(ref))
+        row.ref_logprobs = self._teacher_forced(row, RecomputePlan.all(self.L))
+        if self.labelled:
+            row.gold_full = score(self.metric, row.full_answer, reference or "")
+        return row
+
+    def _teacher_forced(self, row: _Row, plan: RecomputePlan) -> torch.Tensor:
+        """Log-probs ``[m, vocab]`` the plan's cache gives each token of the reference continuation."""
+        ids = list(row.prompt.suffix) + row.ref_tokens[:-1]
+        logits = self.surface.forward_logits(torch.tensor([ids]), self._cache(row, plan), keep=len(row.ref_tokens))
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    # ------------------------------------------------------------------ stage 2: proxy
+    @torch.inference_mode()
+    def _measure(self, units: tuple[int, ...], kind: str) -> Candidate:
+        plan = plan_of_units(units, self.bounds)
+        key = str(plan)
+        if key in self.cands:
+            return self.cands[key]
+        first, mean, top1 = [], [], []
+        for row in self.rows:
+            q = self._teacher_forced(row, plan)
+            p = row.ref_logprobs
+            kl = torch.sum(p.exp() * (p - q), dim=-1)  # [m]
+            first.append(float(kl[0]))
+            mean.append(float(kl.mean()))
+            top1.append(float((q.argmax(-1) == torch.tensor(row.ref_tokens)).float().mean()))
+        c = Candidate(key, tuple(sorted(units)), kind, len(plan.recomputed_layers), len(plan.groups),
+                      len(plan.transition_layers), self.cost.relative(plan),
+                      sum(first) / len(first), sum(mean) / len(mean), sum(top1) / len(top1))
+        self.cands[key] = c
+        return c
+
+    def _out_of_time(self, share: float) -> bool:
+        return time.time() - self._t0 > share * self.max_s
+
+    def _search_multi(self, sens: list[float]) -> list[Candidate]:
+        """Measure the multi-group plans :func:`propose_multi` ranks first, within the search budget."""
+        proposals = propose_multi(sens, self.bounds)
+        out = []
+        bar = self._bar(min(len(proposals), self.search_budget), "multi-group search")
+        for _, units, kind in proposals[: self.search_budget]:
+            if self._out_of_time(0.75):
+                self.notes.append("multi-group search stopped early: time budget")
+                break
+            out.append(self._measure(units, kind))
+            bar.update(1)
+        bar.close()
+        return out
+
+    # ------------------------------------------------------------------ stage 3: verification
+    @torch.inference_mode()
+    def _verify(self, c: Candidate) -> Candidate:
+        if c.verified:
+            return c
+        plan = RecomputePlan.parse(c.plan, self.L)
+        qs = []
+        for row in self.rows:
+            cache = self._cache(row, plan)
+            logits = self.surface.forward_tokens(torch.tensor([list(row.prompt.suffix)]), cache)
+            answer = self._decode(greedy(self.receiver.model, cache, logits, self.max_new_tokens, self.stops))
+            qs.append(self._quality(answer, row))
+        c.quality = sum(qs) / len(qs)
+        c.relative_drop = (self.quality_full - c.quality) / self.quality_full if self.quality_full else 0.0
+        c.verified = "decoded"
+        return c
+
+    @property
+    def quality_full(self) -> float:
+        if self.labelled:
+            return sum(r.gold_full or 0.0 for r in self.rows) / len(self.rows)
+        return 1.0
+
+    @staticmethod
+    def frontier(cands: list[Candidate]) -> list[Candidate]:
+        """Pareto frontier: in cost order, each point has a lower mean KL than every cheaper one."""
+        out: list[Candidate] = []
+        for c in sorted(cands, key=lambda c: (c.cost, c.mean_kl)):
+            if not out or c.mean_kl < out[-1].mean_kl - 1e-12:
+                out.append(c)
+        return out
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        self._t0 = time.time()
+        bar = self._bar(len(self.prompts), "prefill rows")
+        for prompt, ref in zip(self.prompts, self.references):
+            self.rows.append(self._prepare(prompt, ref))
+            bar.update(1)
+        bar.close()
+        f = self.receiver.family
+        dtype_bytes = torch.empty(0, dtype=self.surface.dtype).element_size()
+        self.cost = CostModel(
+            self.L, self._compute_s / max(1, self._computed_layer_tokens),
+            2 * f.num_kv_heads * f.head_dim * dtype_bytes, f.hidden_size * dtype_bytes,
+            self.bandwidth_gbps * 1e9 / 8 if self.bandwidth_gbps else None,
+        )
+        U = self.U
+        # the ends of the scale, then the per-unit sensitivity, then every contiguous group
+        self._measure((), "none")
+        all_c = self._measure(tuple(range(U)), "all")
+        all_c.quality, all_c.relative_drop, all_c.verified = self.quality_full, 0.0, "by construction"
+        bar = self._bar(U, "sensitivity")
+        sens_c = []
+        for u in range(U):
+            sens_c.append(self._measure(tuple(x for x in range(U) if x != u), "sensitivity"))
+            bar.update(1)
+        bar.close()
+        sens = [c.mean_kl for c in sens_c]
+        groups = [(a, b) for a in range(U) for b in range(a + 1, U + 1) if (a, b) != (0, U)]
+        bar = self._bar(len(groups), "contiguous groups")
+        for a, b in groups:
+            self._measure(tuple(range(a, b)), "single")
+            bar.update(1)
+        bar.close()
+        searched = [] if self._out_of_time(0.6) else self._search_multi(sens)
+        if self._out_of_time(0.6) and not searched:
+            self.notes.append("multi-group search skipped: time budget")
+        front = self.frontier(list(self.cands.values()))
+        self._verify(self.cands["none"])  # how much full reuse loses, decoded like every verified plan
+        # bisection along the frontier (quality rises with cost along it); "all" is within budget
+        lo, hi = 0, len(front) - 1
+        bar = self._bar(max(1, len(front).bit_length()), "verify by decoding")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            c = self._verify(front[mid])
+            bar.update(1)
+            if c.relative_drop is not None and c.relative_drop <= self.budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        bar.close()
+        chosen = self._verify(front[hi])  # the bisection's end may not have been decoded yet
+        if chosen.relative_drop is None or chosen.relative_drop > self.budget:
+            chosen = all_c
+        # a cheaper verified plan within budget off the bisection path still wins
+        ok = [c for c in self.cands.values() if c.verified and c.relative_drop is not None and c.relative_drop <= self.budget]
+        chosen = min(ok + [chosen], key=lambda c: (c.cost, c.relative_drop or 0.0))
+        tokens = [len(r.prompt.prefix) for r in self.rows]
+        return {
+            "format": PROFILE_FORMAT,
+            "sender": self.sender.name, "receiver": self.receiver.name,
+            "sender_identity": self.sender.identity, "receiver_identity": self.receiver.identity,
+            "family": self.receiver.family.digest,
+            "rows": len(self.rows), "context_tokens": {"min": min(tokens), "max": max(tokens),
+                                                        "mean": round(sum(tokens) / len(tokens))},
+            "quality": {"mode": "gold" if self.labelled else "label-free",
+                        "metric": self.metric if self.labelled else "agreement_f1_vs_full_prefill",
+                        "full_prefill": self.quality_full},
+            "budget": self.budget, "granularity": self.granularity, "max_new_tokens": self.max_new_tokens,
+            "cost_model": asdict(self.cost) | {"bandwidth_gbps": self.bandwidth_gbps},
+            "chosen_plan": chosen.plan,
+            "chosen": asdict(chosen),
+            "full_reuse": asdict(self.cands["none"]),
+            "sensitivity": [{"unit": u, "layers": [self.bounds[u], self.bounds[u + 1]], "first_token_kl": c.first_token_kl,
+                             "mean_kl": c.mean_kl, "top1_agreement": c.top1_agreement} for u, c in enumerate(sens_c)],
+            "frontier": [c.plan for c in front],
+            "candidates": [asdict(c) for c in sorted(self.cands.values(), key=lambda c: (c.cost, c.mean_kl))],
+            "search": {"evaluated": len(self.cands), "multi_group_measured": len(searched),
+                       "multi_group_on_frontier": sum(c.groups > 1 and c.kind in ("two-group", "scattered") for c in front),
+                       "verified": sum(c.verified == "decoded" for c in self.cands.values()),
+                       "method": "exact per-start recompute; teacher-forced KL proxy; bisection on the frontier by decoding"},
+            "notes": self.notes,
+            "wall_s": round(time.time() - self._t0, 1),
+        }
+
+
+# ----------------------------------------------------------------------------- files and plots
+def write_profile(profile: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write the profile JSON and its two plots beside it; returns the paths written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_suffix("")
+    plots = {"sensitivity": str(stem) + ".sensitivity.png", "frontier": str(stem) + ".frontier.png"}
+    profile["plots"] = {k: Path(v).name for k, v in plots.items()}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(profile, indent=1))
+    tmp.replace(out)
+    plot_sensitivity(profile, Path(plots["sensitivity"]))
+    plot_frontier(profile, Path(plots["frontier"]))
+    return {"profile": str(out)} | plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sensitivity(profile: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    sens = profile["sensitivity"]
+    x = [f"{s['layers'][0]}-{s['layers'][1] - 1}" for s in sens]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(range(len(x)), [s["mean_kl"] for s in sens], color="tab:purple", label="mean KL over the answer")
+    ax.plot(range(len(x)), [s["first_token_kl"] for s in sens], "o-", color="tab:orange", ms=3, label="first-token KL")
+    ax.axhline(profile["full_reuse"]["mean_kl"], color="tab:gray", ls="-.", lw=1, label="full reuse (mean KL)")
+    ax.set_xticks(range(len(x)), x, rotation=60, fontsize=7)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("layers reused from the sender (all others recomputed)")
+    ax.set_ylabel("KL vs receiver's full prefill (nats)")
+    ax.set_title(f"Sensitivity: {profile['sender']} -> {profile['receiver']} ({profile['rows']} rows)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_frontier(profile: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    cands = profile["candidates"]
+    front = set(profile["frontier"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"single": ("tab:blue", "o"), "two-group": ("tab:green", "s"), "scattered": ("tab:red", "^"),
+              "sensitivity": ("tab:gray", "."), "none": ("k", "X"), "all": ("k", "P")}
+    for kind, (col, mk) in styles.items():
+        pts = [c for c in cands if c["kind"] == kind]
+        if pts:
+            ax.scatter([c["cost"] for c in pts], [c["mean_kl"] + 1e-6 for c in pts], c=col, marker=mk, s=14,
+                       alpha=0.6, label=kind)
+    fr = [c for c in cands if c["plan"] in front]
+    ax.plot([c["cost"] for c in fr], [c["mean_kl"] + 1e-6 for c in fr], "k-", lw=1, label="frontier")
+    ax.set_yscale("log")
+    ax.set_xlabel("cost (fraction of the receiver's full prefill)")
+    ax.set_ylabel("mean KL over the answer (+1e-6)")
+    ax.set_title("Candidates (teacher-forced proxy)")
+    ax.legend(fontsize=7)
+    ver = sorted([c for c in cands if c["verified"]], key=lambda c: c["cost"])
+    ax2.plot([c["cost"] for c in ver], [c["relative_drop"] * 100 for c in ver], "o-", color="tab:blue")
+    for c in ver:
+        ax2.annotate(c["plan"], (c["cost"], c["relative_drop"] * 100), fontsize=6)
+    ax2.axhline(profile["budget"] * 100, color="tab:red", ls="--", lw=1, label=f"budget {profile['budget']:.0%}")
+    ch = profile["chosen"]
+    ax2.scatter([ch["cost"]], [ch["relative_drop"] * 100], s=80, facecolors="none", edgecolors="tab:red",
+                label=f"chosen {ch['plan']}")
+    ax2.set_xlabel("cost (fraction of the receiver's full prefill)")
+    ax2.set_ylabel(f"quality drop, % ({profile['quality']['metric']})")
+    ax2.set_title("Verified by decoding")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"{profile['sender']} -> {profile['receiver']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def profile_command(argv: list[str] | None = None) -> str:
+    return "droidspeak " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
