@@ -42,6 +42,7 @@ class PrefillResult:
     num_prompt_tokens: int
     recomputed_layers: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # what was reused from whom, fallbacks
 
 
 def check_shareable(receiver: LoadedModel, cap: SenderCapture) -> None:

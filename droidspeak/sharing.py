@@ -1,0 +1,176 @@
+"""Where sharing happens: for one request, find what is stored and decide how to use it.
+
+``serve_prefill`` looks up the longest stored prefix of the prompt among every sender of the
+receiver's family. A hit of the receiver itself reuses every layer; a hit of another model is
+used through the pair's profile (refused when the profile does not belong to those exact weights)
+with the plan chosen for the link's bandwidth; with no usable hit the receiver runs its own full
+prefill and stores its K/V and E for the others. Every fault on the way falls back to computing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DroidspeakError, PlanError
+from .models import LoadedModel
+from .partial import PrefillResult, full_prefill, partial_prefill
+from .paths import REPO_DIR
+from .plan import RecomputePlan
+from .prompt import PromptTokens
+from .sender import capture
+from .store.cache import CacheStore, Hit
+from .streamed import prefill_from_store
+
+log = logging.getLogger("droidspeak.sharing")
+
+
+def profile_dirs() -> list[Path]:
+    import os
+
+    extra = [Path(p) for p in os.environ.get("DROIDSPEAK_PROFILES", "").split(os.pathsep) if p]
+    return extra + [REPO_DIR / "profiles"]
+
+
+def find_profile(sender_identity: str, receiver_identity: str, family: str) -> dict[str, Any] | None:
+    """A profile made for exactly these two sets of weights, else None."""
+    for d in profile_dirs():
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                prof = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if (isinstance(prof, dict) and prof.get("sender_identity") == sender_identity
+                    and prof.get("receiver_identity") == receiver_identity and prof.get("family") == family
+                    and "chosen_plan" in prof):
+                prof["_path"] = str(p)
+                return prof
+    return None
+
+
+def e_layers_for_sender(sender_identity: str, family: str) -> list[int]:
+    """E layers other models need from this sender: transitions of every plan its profiles may pick."""
+    out: set[int] = set()
+    for d in profile_dirs():
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                prof = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if not isinstance(prof, dict) or prof.get("sender_identity") != sender_identity or prof.get("family") != family:
+                continue
+            L = int(prof.get("cost_model", {}).get("num_layers", 0) or 0) or None
+            for spec in [prof.get("chosen_plan", "none"), *prof.get("frontier", [])]:
+                try:
+                    out |= set(RecomputePlan.parse(str(spec), L or 10_000).transition_layers)
+                except PlanError:
+                    pass
+    return sorted(out)
+
+
+def predicted_ttft(plan: RecomputePlan, tokens: int, cost: dict[str, Any], bandwidth_bytes_s: float | None) -> float:
+    """E-first pipelined TTFT: the E arrive, groups compute while reused K/V stream in."""
+    compute = len(plan.recomputed_layers) * cost["layer_s_per_token"] * tokens
+    if not bandwidth_bytes_s:
+        return compute
+    e_s = len(plan.transition_layers) * cost["e_bytes_per_token"] * tokens / bandwidth_bytes_s
+    kv_s = len(plan.reused_layers) * cost["kv_bytes_per_token"] * tokens / bandwidth_bytes_s
+    first_e = e_s / max(1, len(plan.transition_layers)) if plan.transition_layers else 0.0
+    return first_e + max(compute, e_s - first_e + kv_s)
+
+
+def bandwidth_aware_plan(profile: dict[str, Any], num_layers: int, tokens: int, bandwidth_bytes_s: float | None,
+                         stored_e: tuple[int, ...] | None = None) -> tuple[RecomputePlan, float]:
+    """Among the profile's plans within its budget, the one with the lowest predicted TTFT.
+
+    Within budget: the chosen plan and every frontier plan that recomputes more (lower proxy loss
+    along the frontier), plus recomputing everything. Plans whose E the sender did not store are
+    skipped.
+    """
+    chosen = RecomputePlan.parse(str(profile["chosen_plan"]), num_layers)
+    cost = profile.get("cost_model")
+    if not cost:
+        return chosen, float("nan")
+    cands = {str(chosen): chosen, "all": RecomputePlan.all(num_layers)}
+    by_plan = {c["plan"]: c for c in profile.get("candidates", [])}
+    ch_cost = by_plan.get(str(chosen), {}).get("cost", 0.0)
+    for spec in profile.get("frontier", []):
+        if by_plan.get(spec, {}).get("cost", -1) >= ch_cost:
+            try:
+                cands[spec] = RecomputePlan.parse(spec, num_layers)
+            except PlanError:
+                continue
+    feasible = [p for p in cands.values() if stored_e is None or set(p.transition_layers) <= set(stored_e)]
+    best = min(feasible, key=lambda p: (predicted_ttft(p, tokens, cost, bandwidth_bytes_s), -len(p.reused_layers)))
+    return best, predicted_ttft(best, tokens, cost, bandwidth_bytes_s)
+
+
+@dataclass
+class Decision:
+    kind: str  # same-model | cross-model | miss
+    hit: Hit | None
+    plan: RecomputePlan
+    reason: str
+    profile: str | None = None
+
+
+def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, policy: str = "bandwidth",
+           bandwidth_bytes_s: float | None = None) -> Decision:
+    """Pick the hit and plan for a request (see the module docstring)."""
+    L = receiver.num_layers
+    hits = store.lookup(receiver.family, prompt.prefix, num_layers=L)
+    own = [h for h in hits if h.sender == receiver.identity]
+    best_own = own[0] if own else None
+    for h in hits:
+        if h is best_own:
+            return Decision("same-model", h, RecomputePlan.none(L), "the receiver's own stored prefix")
+        if best_own is not None and best_own.tokens >= h.tokens:
+            return Decision("same-model", best_own, RecomputePlan.none(L), "the receiver's own stored prefix")
+        prof = find_profile(h.sender, receiver.identity, receiver.family.digest)
+        if prof is None:
+            continue
+        if policy == "bandwidth":
+            bw = bandwidth_bytes_s if bandwidth_bytes_s is not None else store.stats.bandwidth_bytes_s
+            plan, _ = bandwidth_aware_plan(prof, L, h.tokens, bw, h.e_layers)
+        else:
+            plan = RecomputePlan.parse(str(prof["chosen_plan"]), L)
+        if not set(plan.transition_layers) <= set(h.e_layers):
+            continue
+        if plan.groups == ((0, L),):
+            return Decision("miss", None, plan, "recomputing every layer is predicted fastest over this link")
+        return Decision("cross-model", h, plan, f"profile {Path(prof['_path']).name}", prof["_path"])
+    return Decision("miss", None, RecomputePlan.all(L), "no usable stored prefix")
+
+
+def serve_prefill(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, store_on_miss: bool = True,
+                  policy: str = "bandwidth", bandwidth_bytes_s: float | None = None) -> PrefillResult:
+    """The receiver's prefill of ``prompt``, sharing through ``store`` where it safely can."""
+    if store is not None:
+        try:
+            d = decide(receiver, store, prompt, policy, bandwidth_bytes_s)
+        except DroidspeakError as e:  # a bad profile or plan must not fail the request
+            log.warning("sharing decision failed (%s); full prefill", e)
+            d = Decision("miss", None, RecomputePlan.all(receiver.num_layers), f"decision failed: {e}")
+        if d.hit is not None:
+            res = prefill_from_store(receiver, store, d.hit, d.plan, prompt)
+            res.info.update({"kind": d.kind, "reason": d.reason, "profile": d.profile})
+            store.stats.bump(f"{d.kind}_hits")
+            return res
+    if store is None or not store_on_miss or not prompt.suffix:
+        res = full_prefill(receiver, prompt.ids)
+        res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
+        return res
+    # one prefill of the context that both answers and is stored: capture, then the request on top
+    # (the same model with nothing recomputed is exactly its own full prefill)
+    t0 = time.perf_counter()
+    cap = capture(receiver, list(prompt.prefix), e_layers=e_layers_for_sender(receiver.identity, receiver.family.digest))
+    res = partial_prefill(receiver, cap, RecomputePlan.none(receiver.num_layers), prompt.suffix)
+    res.timings["prefill_s"] = time.perf_counter() - t0
+    res.recomputed_layers = list(range(receiver.num_layers))
+    res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
+    res.info["stored_tokens"] = store.put(cap)
+    return res
