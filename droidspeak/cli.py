@@ -249,6 +249,66 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace):
+    from .store import CacheStore, open_backend
+
+    try:
+        return CacheStore(open_backend(args.store, args.namespace), namespace=args.namespace, fmt=args.format)
+    except ValueError as e:
+        raise DroidspeakError(str(e)) from None
+
+
+def _read_context(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise DroidspeakError(f"context file not found: {p}")
+    return p.read_text(encoding="utf-8", errors="replace")
+
+
+def cmd_prefill(args: argparse.Namespace) -> int:
+    """A sender node: prefill a context and store its K/V and the E other models need."""
+    from .models import load_model
+    from .prompt import layout
+    from .sender import capture
+    from .sharing import e_layers_for_sender
+
+    model = load_model(args.model)
+    store = _open_store(args)
+    prefix = layout(model.tokenizer, _read_context(args.context)).prefix
+    e_layers = e_layers_for_sender(model.identity, model.family.digest)
+    cap = capture(model, list(prefix), e_layers=e_layers)
+    n = store.put(cap)
+    if n == 0:
+        raise DroidspeakError("nothing was stored (context shorter than one block, or the store refused the write)")
+    data = {"model": model.name, "identity": model.identity, "context_tokens": len(prefix), "stored_tokens": n,
+            "e_layers": e_layers, "bytes": cap.nbytes(), "store": args.store, "namespace": args.namespace}
+    _emit(args, data, f"{model.name} stored {n} of {len(prefix)} context tokens (K/V of {model.num_layers} layers, "
+                      f"E at {e_layers or 'no layers'}) in {args.store}")
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    """A receiver node: answer a request, reusing whatever the store holds for this context."""
+    from .decode import greedy, stop_ids
+    from .models import load_model
+    from .prompt import layout
+    from .sharing import serve_prefill
+
+    model = load_model(args.model)
+    store = _open_store(args)
+    prompt = layout(model.tokenizer, _read_context(args.context), args.prompt)
+    res = serve_prefill(model, store, prompt, store_on_miss=not args.no_store, policy=args.policy)
+    toks = greedy(model.model, res.cache, res.logits, args.max_new_tokens, stop_ids(model.tokenizer))
+    answer = model.tokenizer.decode(toks, skip_special_tokens=True)
+    data = {"model": model.name, "answer": answer, "ttft_s": res.timings["prefill_s"],
+            "recomputed_layers": res.recomputed_layers, "prompt_tokens": len(prompt.ids),
+            "store_stats": dict(store.stats.counts)} | {k: v for k, v in res.info.items()}
+    _emit(args, data, f"{answer}\n-- {res.info.get('kind')}: reused {res.info.get('reused_tokens', 0)} tokens"
+                      f"{' from ' + res.info['sender'][:12] if res.info.get('sender') else ''}, plan {res.info.get('plan')}, "
+                      f"{len(res.recomputed_layers)}/{model.num_layers} layers recomputed, TTFT {res.timings['prefill_s']:.3f}s")
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from . import variants
 
@@ -378,6 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rows_args(sp, 20, (1024, 8000), "heldout")
     sp.add_argument("--label-free", action="store_true", help="score agreement with full prefill, not references")
     sp.add_argument("--out", help="write the full result (per row) as JSON here")
+
+    for name, help_, fn in (("prefill", "sender node: prefill a context and store K/V and E", cmd_prefill),
+                            ("answer", "receiver node: answer a request reusing the store", cmd_answer)):
+        sp = add(name, help_, fn)
+        sp.add_argument("--model", required=True, help="registered name, HF model dir or PEFT adapter dir")
+        sp.add_argument("--context", required=True, help="file holding the shared context")
+        sp.add_argument("--store", default="memory", help="memory[:SIZE] | disk:PATH[::SIZE] | redis://HOST:PORT[/DB]"
+                                                          " (tiers joined by ',')")
+        sp.add_argument("--namespace", default=os.environ.get("DROIDSPEAK_NAMESPACE", "default"),
+                        help="deployment namespace inside the store (default: default)")
+        sp.add_argument("--format", default="native", choices=["native", "fp16", "bf16", "int8"],
+                        help="transfer format of stored tensors")
+        if name == "answer":
+            sp.add_argument("--prompt", required=True)
+            sp.add_argument("--max-new-tokens", type=int, default=32)
+            sp.add_argument("--policy", choices=["bandwidth", "profile"], default="bandwidth",
+                            help="plan choice: lowest predicted TTFT within budget (default) or the profile's")
+            sp.add_argument("--no-store", action="store_true", help="do not store this model's prefill on a miss")
 
     sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
     sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])

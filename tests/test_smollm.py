@@ -252,3 +252,31 @@ def test_profile_and_eval_cli_on_smollm(tmp_path):
     assert ev["metric"] == "f1" and ev["rows"] == 1 and ev["plan"] == prof["chosen_plan"]
     r = _cli("eval", "--sender", "base", "--receiver", "smollm2-code", "--plan", f"profile:{out}", "--n", "1")
     assert r.returncode == 2 and "another pair or changed weights" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_two_processes_share_through_redis(tmp_path, redis_server):
+    """A sender process stores through a real Redis; a receiver process in another process reuses it,
+    and answers exactly as the in-process path does."""
+    from droidspeak.prompt import layout
+    from droidspeak.sharing import serve_prefill
+    from droidspeak.store import CacheStore, MemoryBackend
+
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(CONTEXT * 3)
+    store_args = ["--store", redis_server.url, "--namespace", "t2p"]
+    r = _cli("prefill", "--model", "base", "--context", str(ctx), *store_args, "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads(r.stdout)["stored_tokens"] > 0
+    r = _cli("answer", "--model", "smollm2-qa", "--context", str(ctx), "--prompt", REQUEST, "--max-new-tokens", "12",
+             "--no-store", *store_args, "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    remote = json.loads(r.stdout)
+    assert remote["kind"] == "cross-model" and remote["reused_tokens"] > 0 and not remote["missing"]
+    # the same, in one process, through an in-process store
+    base, qa = load_model("base"), load_model("smollm2-qa")
+    store = CacheStore(MemoryBackend())
+    serve_prefill(base, store, layout(base.tokenizer, ctx.read_text()))  # miss: stores the base's caches
+    res = serve_prefill(qa, store, layout(qa.tokenizer, ctx.read_text(), REQUEST), store_on_miss=False)
+    toks = greedy(qa.model, res.cache, res.logits, 12, stop_ids(qa.tokenizer))
+    assert res.info["plan"] == remote["plan"] and res.info["kind"] == "cross-model"
+    assert qa.tokenizer.decode(toks, skip_special_tokens=True) == remote["answer"]
