@@ -79,6 +79,81 @@ def ttft_section() -> list[str]:
     return out + [""]
 
 
+def profiles_section() -> list[str]:
+    out = ["## Profiles: the cheapest plan within the quality budget (issue 4)", "",
+           "Label-free quality (agreement of the receiver's answer with its own full-prefill answer), 1% budget, "
+           "granularity 2, calibration rows of the receiver's task. Every contiguous group is scored with the "
+           "teacher-forced proxy; the frontier is verified by greedy decoding (bisection).", "",
+           "| sender -> receiver | rows (tokens) | full reuse drop | chosen plan | layers recomputed | verified drop | "
+           "candidates / decoded | multi-group on frontier | wall | plots | command |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    found = False
+    for f in sorted((ROOT / "profiles").glob("*.json")):
+        p = json.loads(f.read_text())
+        if p.get("format") != "droidspeak-profile/1":
+            continue
+        found = True
+        ch, fr, ct = p["chosen"], p["full_reuse"], p["context_tokens"]
+        plots = " ".join(f"[{k}](profiles/{v})" for k, v in p.get("plots", {}).items())
+        out.append(f"| {p['sender']} -> {p['receiver']} | {p['rows']} ({ct['min']}-{ct['max']}) | "
+                   f"{fr['relative_drop']:.0%} | **{ch['plan']}** | {ch['recomputed_layers']}/{p['cost_model']['num_layers']} | "
+                   f"{ch['relative_drop']:.1%} | {p['search']['evaluated']} / {p['search']['verified']} | "
+                   f"{p['search']['multi_group_on_frontier']} | {p['wall_s'] / 60:.1f} min | {plots} | `{p.get('command', '')}` |")
+    if not found:
+        out.append("| (no profile written yet) |")
+    return out + [""]
+
+
+def eval_section() -> list[str]:
+    files = sorted(RES.glob("eval_*.json"))
+    out = ["## Held-out evaluation of the chosen plans (about 4K context tokens)", ""]
+    if not files:
+        return out + ["(not measured yet)", ""]
+    out += ["| sender -> receiver | plan | rows (tokens) | metric | full prefill | plan (drop) | full reuse (drop) | "
+            "agreement plan / full reuse | TTFT plan | TTFT full reuse | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        r = json.loads(f.read_text())
+        ct = r["context_tokens"]
+        out.append(f"| {r['sender']} -> {r['receiver']} | {r['plan']} ({r['recomputed_layers']}/{r['num_layers']}) | "
+                   f"{r['rows']} ({ct['min']}-{ct['max']}) | {r['metric']} | {r['quality_full']:.3f} | "
+                   f"{r['quality_plan']:.3f} ({r['relative_drop']:+.1%}) | {r['quality_full_reuse']:.3f} "
+                   f"({r['relative_drop_full_reuse']:+.1%}) | {r['agreement_plan']:.2f} / {r['agreement_full_reuse']:.2f} | "
+                   f"**{r['ttft_speedup']:.2f}x** | {r['ttft_speedup_full_reuse']:.1f}x | `{r['command']}` |")
+    return out + ["", "TTFT columns: the receiver's own full-prefill time over the plan's (sum over rows, "
+                      "measured side by side per row). Drops are relative to the full prefill's quality.", ""]
+
+
+def pipeline_section() -> list[str]:
+    r = _load("pipeline.json")
+    out = ["## Pipelined (E-first) vs sequential loading, and bandwidth-aware plans", ""]
+    if not r:
+        return out + ["(not measured yet)", ""]
+    out += [f"Receiver {r['receiver']} over a {r['context_tokens']}-token context stored by {r['sender']}, read "
+            "through a throttled connector. Orders as in the paper's toy example. Command: "
+            f"`{r['command']}` ({r['date']}, {r['machine']['threads']} threads).", "",
+            "| bandwidth (MB/s) | full prefill | all-then-compute | reused-then-compute | e-first | plan | "
+            "bandwidth-aware plan | its TTFT | smallest plan's TTFT |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in r["results"]:
+        o = e["orders"]
+        out.append(f"| {e['bandwidth_mb_s']:g} | {e['full_prefill_s']:.2f}s | {o['all-then-compute']:.2f}s | "
+                   f"{o['reused-then-compute']:.2f}s | **{o['e-first']:.2f}s** | {e['order_plan']} | {e['aware_plan']} | "
+                   f"{e['aware_s']:.2f}s | {e['smallest_plan_s']:.2f}s ({r['profile_plan']}) |")
+    return out + [""]
+
+
+def formats_section() -> list[str]:
+    r = _load("formats.json")
+    out = ["## Transfer formats: bytes and quality", ""]
+    if not r:
+        return out + ["(not measured yet)", ""]
+    out += [f"{r['sender']} -> {r['receiver']}, plan {r['plan']}, {r['rows']} calibration rows; KL and agreement "
+            f"against the same plan over native fp32 entries. Command: `{r['command']}`.", "",
+            "| format | bytes per token stored | first-token KL | answer agreement |", "|---|---|---|---|"]
+    for f, d in r["formats"].items():
+        out.append(f"| {f} | {d['bytes_per_token']:.0f} | {d['kl']:.2e} | {d['agree']:.3f} |")
+    return out + [""]
+
+
 NOTES = ROOT / "bench" / "notes.md"  # hand-written reading of the figures, kept beside them
 
 
@@ -87,7 +162,8 @@ def main() -> int:
              "Every figure below was produced by the command shown beside it, on the machine named there; "
              "the raw JSON lies in `bench/results/`. This file is regenerated by `python bench/report.py`.", ""]
     variants = variants_section()
-    lines += variants + sensitivity_section() + ttft_section()
+    lines += (variants + profiles_section() + eval_section() + sensitivity_section() + ttft_section()
+              + pipeline_section() + formats_section())
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
