@@ -309,6 +309,41 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible server until SIGINT/SIGTERM (running requests finish first)."""
+    import logging
+
+    import uvicorn
+
+    from .serving.config import Settings
+
+    if args.print_settings:
+        print(_table([[n, e, str(d), h] for n, e, d, h in Settings.table()], ["setting", "environment", "default", "meaning"]))
+        return 0
+    s = Settings.load(args.config, {"host": args.host, "port": args.port, "models": args.models, "store": args.store,
+                                    "namespace": args.namespace, "api_key": args.api_key})
+    app = build_app(s)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=30)
+    return 0
+
+
+def build_app(s):
+    from .serving.api import create_app
+    from .serving.engine import Engine, ModelHost
+    from .store import CacheStore, open_backend
+    from .store.keys import check_namespace
+
+    try:
+        check_namespace(s.namespace)
+        store = CacheStore(open_backend(s.store, s.namespace), namespace=s.namespace) if s.store else None
+    except ValueError as e:
+        raise DroidspeakError(str(e)) from None
+    names = [n.strip() for n in s.models.split(",") if n.strip()] or None
+    host = ModelHost(names)
+    return create_app(Engine(host, store, s))
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from . import variants
 
@@ -457,6 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="plan choice: lowest predicted TTFT within budget (default) or the profile's")
             sp.add_argument("--no-store", action="store_true", help="do not store this model's prefill on a miss")
 
+    sp = add("serve", "OpenAI-compatible server; variants share caches (settings: --print-settings)", cmd_serve,
+             json_flag=False)
+    sp.add_argument("--config", help="settings file (JSON or TOML); environment variables and flags override it")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--models", help="comma-separated models to host (default: all shipped)")
+    sp.add_argument("--store", help="store tiers, e.g. memory:2GB or memory:1GB,redis://host:6379 (nodes with the "
+                                    "same Redis share caches)")
+    sp.add_argument("--namespace", help="deployment namespace inside the store")
+    sp.add_argument("--api-key", help="require this bearer key (or DROIDSPEAK_API_KEY)")
+    sp.add_argument("--print-settings", action="store_true", help="print the settings table and exit")
+
     sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
     sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])
     sp.add_argument("--split", required=True, choices=["train", "calib", "heldout"])
@@ -489,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("droidspeak: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
 
 
 if __name__ == "__main__":

@@ -67,26 +67,48 @@ class SenderCapture:
         return out + [f"e[{l}]" for l in e_layers if l not in self.e]
 
 
-@torch.inference_mode()
-def capture(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
-            e_layers: Iterable[int] | Literal["all"] = ()) -> SenderCapture:
-    """Prefill ``token_ids`` with the sender and keep K/V of every layer and E at ``e_layers``."""
+def capture_steps(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
+                  e_layers: Iterable[int] | Literal["all"] = (), chunk: int | None = None):
+    """:func:`capture` as a generator that yields after every ``chunk`` tokens (the server
+    interleaves other requests' decode steps between chunks); its return value is the capture.
+
+    The E hooks are on only while this capture's own chunks run, so other models' forwards in
+    between (a shared base under several adapters) never leak into it.
+    """
     surface = ModelSurface(sender.model)
     num_layers = sender.num_layers
     wanted = set(range(num_layers)) if e_layers == "all" else set(e_layers)
-    e: dict[int, torch.Tensor] = {}
-    hooks = []
-    for idx in sorted(wanted):
-        def pre_hook(_module, args, kwargs, idx=idx):
-            h = args[0] if args else kwargs["hidden_states"]
-            e[idx] = h.detach().clone()
-        hooks.append(surface.layers[idx].register_forward_pre_hook(pre_hook, with_kwargs=True))
+    parts: dict[int, list[torch.Tensor]] = {idx: [] for idx in wanted}
     cache = surface.new_cache()
-    try:
-        ids = torch.tensor([list(token_ids)])
-        surface.lm.model(input_ids=ids, cache=cache, use_cache=True)
-    finally:
-        for h in hooks:
-            h.remove()
+    ids = list(token_ids)
+    step = chunk or max(1, len(ids))
+    for i in range(0, len(ids), step):
+        hooks = []
+        for idx in sorted(wanted):
+            def pre_hook(_module, args, kwargs, idx=idx):
+                h = args[0] if args else kwargs["hidden_states"]
+                parts[idx].append(h.detach().clone())
+            hooks.append(surface.layers[idx].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        try:
+            with torch.inference_mode():
+                surface.lm.model(input_ids=torch.tensor([ids[i:i + step]]), cache=cache, use_cache=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        if i + step < len(ids):
+            yield i + step
     kv = {l: (cache.layers[l].keys, cache.layers[l].values) for l in range(num_layers)}
+    e = {l: torch.cat(p, dim=1) if len(p) > 1 else p[0] for l, p in parts.items() if p}
     return SenderCapture(tuple(token_ids), sender.family, sender.identity, surface.dtype, num_layers, kv, e)
+
+
+@torch.inference_mode()
+def capture(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
+            e_layers: Iterable[int] | Literal["all"] = (), chunk: int | None = None) -> SenderCapture:
+    """Prefill ``token_ids`` with the sender and keep K/V of every layer and E at ``e_layers``."""
+    gen = capture_steps(sender, token_ids, e_layers, chunk)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -118,11 +118,43 @@ class Decision:
     profile: str | None = None
 
 
-def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, policy: str = "bandwidth",
-           bandwidth_bytes_s: float | None = None) -> Decision:
-    """Pick the hit and plan for a request (see the module docstring)."""
+def load_aware_plan(profile: dict[str, Any], num_layers: int, tokens: int, bandwidth_bytes_s: float | None,
+                    stored_e: tuple[int, ...] | None, waiting: int, slo_s: float) -> RecomputePlan:
+    """The paper's appendix rule, with transfer time: requests waiting -> the fastest plan within
+    budget; none waiting -> the most recomputation whose predicted TTFT still meets ``slo_s``."""
+    fastest, _ = bandwidth_aware_plan(profile, num_layers, tokens, bandwidth_bytes_s, stored_e)
+    cost = profile.get("cost_model")
+    if waiting > 0 or not cost:
+        return fastest
+    best = fastest
+    for spec in profile.get("frontier", []):
+        try:
+            p = RecomputePlan.parse(spec, num_layers)
+        except PlanError:
+            continue
+        if stored_e is not None and not set(p.transition_layers) <= set(stored_e):
+            continue
+        if (len(p.recomputed_layers) > len(best.recomputed_layers) and p.groups != ((0, num_layers),)
+                and len(p.recomputed_layers) >= len(fastest.recomputed_layers)
+                and predicted_ttft(p, tokens, cost, bandwidth_bytes_s) <= slo_s):
+            best = p
+    return best
+
+
+def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens | list[int], policy: str = "bandwidth",
+           bandwidth_bytes_s: float | None = None, waiting: int = 0, slo_s: float = 5.0,
+           share: bool = True) -> Decision:
+    """Pick the hit and plan for a request (see the module docstring).
+
+    ``policy``: ``profile`` (the profile's chosen plan), ``bandwidth`` (lowest predicted TTFT
+    within budget), ``load`` (``bandwidth`` while requests wait, else the most recomputation that
+    meets ``slo_s``). ``share=False`` allows same-model hits only.
+    """
     L = receiver.num_layers
-    hits = store.lookup(receiver.family, prompt.prefix, num_layers=L)
+    ids = prompt.ids if isinstance(prompt, PromptTokens) else list(prompt)
+    hits = store.lookup(receiver.family, ids[:-1], num_layers=L)  # at least one token is the receiver's own
+    if not share:
+        hits = [h for h in hits if h.sender == receiver.identity]
     own = [h for h in hits if h.sender == receiver.identity]
     best_own = own[0] if own else None
     for h in hits:
@@ -133,9 +165,11 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, polic
         prof = find_profile(h.sender, receiver.identity, receiver.family.digest)
         if prof is None:
             continue
+        bw = bandwidth_bytes_s if bandwidth_bytes_s is not None else store.stats.bandwidth_bytes_s
         if policy == "bandwidth":
-            bw = bandwidth_bytes_s if bandwidth_bytes_s is not None else store.stats.bandwidth_bytes_s
             plan, _ = bandwidth_aware_plan(prof, L, h.tokens, bw, h.e_layers)
+        elif policy == "load":
+            plan = load_aware_plan(prof, L, h.tokens, bw, h.e_layers, waiting, slo_s)
         else:
             plan = RecomputePlan.parse(str(prof["chosen_plan"]), L)
         if not set(plan.transition_layers) <= set(h.e_layers):

@@ -47,7 +47,7 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
         raise DroidspeakError("plan, stored entry and receiver disagree on the number of layers")
     ids = prompt.ids
     m = hit.tokens
-    if m <= 0 or m > len(prompt.prefix) or m > len(ids):
+    if m <= 0 or m > len(ids):
         raise DroidspeakError("store hit does not fit the prompt")
     surface = ModelSurface(receiver.model)
     dtype = surface.dtype

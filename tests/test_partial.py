@@ -124,3 +124,11 @@ def test_inconsistent_capture_is_refused(tiny, tiny_recv, tiny_ids):
     cap.kv[4] = (k[:, :, :-1], v[:, :, :-1])  # one token short, as a truncated store entry would be
     with pytest.raises(DroidspeakError, match=r"kv\[4\] has shape"):
         partial_prefill(tiny_recv, cap, RecomputePlan.parse("2:3", 6), SUFFIX)
+
+
+def test_chunked_capture_matches_one_pass(tiny, tiny_ids):
+    one = capture(tiny, tiny_ids, e_layers="all")
+    chunked = capture(tiny, tiny_ids, e_layers="all", chunk=20)
+    for layer in range(6):
+        assert torch.allclose(one.kv[layer][0], chunked.kv[layer][0], atol=1e-5)
+        assert torch.allclose(one.e[layer], chunked.e[layer], atol=1e-5)

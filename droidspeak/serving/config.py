@@ -1,0 +1,77 @@
+"""Server settings: one table, read from defaults, then a config file, then the environment, then flags."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import DroidspeakError
+
+
+def _f(default: Any, env: str, help_: str):
+    return field(default=default, metadata={"env": env, "help": help_})
+
+
+@dataclass
+class Settings:
+    host: str = _f("127.0.0.1", "DROIDSPEAK_HOST", "address to bind")
+    port: int = _f(8000, "DROIDSPEAK_PORT", "port to bind")
+    models: str = _f("", "DROIDSPEAK_MODELS", "comma-separated models to host (default: the base and every shipped variant)")
+    store: str = _f("memory:2GB", "DROIDSPEAK_STORE", "KV/E store tiers: memory[:SIZE], disk:PATH[::SIZE], redis://HOST:PORT")
+    namespace: str = _f("default", "DROIDSPEAK_NAMESPACE", "deployment namespace inside the store")
+    api_key: str = _f("", "DROIDSPEAK_API_KEY", "require 'Authorization: Bearer KEY' (empty: no key)")
+    max_model_len: int = _f(8192, "DROIDSPEAK_MAX_MODEL_LEN", "prompt + completion tokens at most")
+    max_tokens_limit: int = _f(2048, "DROIDSPEAK_MAX_TOKENS_LIMIT", "largest max_tokens a request may ask")
+    max_request_bytes: int = _f(1 << 20, "DROIDSPEAK_MAX_REQUEST_BYTES", "largest request body")
+    max_waiting: int = _f(64, "DROIDSPEAK_MAX_WAITING", "queued requests beyond this get 503")
+    max_batch: int = _f(8, "DROIDSPEAK_MAX_BATCH", "requests decoded together per model")
+    prefill_chunk: int = _f(1024, "DROIDSPEAK_PREFILL_CHUNK", "tokens per prefill step (others decode in between)")
+    ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
+    policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile")
+    share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models (false: same-model prefix hits only)")
+
+    @classmethod
+    def load(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
+        s = cls()
+        types = {f.name: type(f.default) for f in fields(cls)}
+        if config_file:
+            p = Path(config_file)
+            if not p.is_file():
+                raise DroidspeakError(f"config file not found: {p}")
+            try:
+                if p.suffix == ".toml":
+                    import tomllib
+
+                    data = tomllib.loads(p.read_text())
+                else:
+                    data = json.loads(p.read_text())
+            except Exception as e:  # noqa: BLE001
+                raise DroidspeakError(f"cannot read config {p}: {e}") from None
+            for k, v in data.items():
+                k = k.replace("-", "_")
+                if k not in types:
+                    raise DroidspeakError(f"unknown setting '{k}' in {p}; known: {', '.join(types)}")
+                setattr(s, k, s._cast(k, v, types[k]))
+        for f in fields(cls):
+            if f.metadata["env"] in os.environ:
+                setattr(s, f.name, s._cast(f.name, os.environ[f.metadata["env"]], types[f.name]))
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                setattr(s, k, s._cast(k, v, types[k]))
+        return s
+
+    @staticmethod
+    def _cast(name: str, v: Any, typ: type) -> Any:
+        try:
+            if typ is bool:
+                return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+            return typ(v)
+        except (TypeError, ValueError):
+            raise DroidspeakError(f"setting {name}={v!r} is not a {typ.__name__}") from None
+
+    @classmethod
+    def table(cls) -> list[tuple[str, str, Any, str]]:
+        return [(f.name, f.metadata["env"], f.default, f.metadata["help"]) for f in fields(cls)]

@@ -1,0 +1,34 @@
+"""Prometheus metrics, named like vLLM's with a ``droidspeak:`` prefix and a ``model_name`` label."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LAT = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        m = ["model_name"]
+        self.ttft = Histogram("droidspeak:time_to_first_token_seconds", "Time to first token", m, registry=r, buckets=_LAT)
+        self.itl = Histogram("droidspeak:inter_token_latency_seconds", "Time between output tokens", m, registry=r,
+                             buckets=(0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56))
+        self.e2e = Histogram("droidspeak:e2e_request_latency_seconds", "End-to-end request latency", m, registry=r,
+                             buckets=_LAT)
+        self.prefill = Histogram("droidspeak:request_prefill_time_seconds", "Prefill time", m, registry=r, buckets=_LAT)
+        self.queue = Histogram("droidspeak:request_queue_time_seconds", "Time waiting before prefill", m, registry=r,
+                               buckets=_LAT)
+        self.recomputed = Histogram("droidspeak:recomputed_layer_fraction", "Fraction of layers recomputed per request",
+                                    m, registry=r, buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+        self.queries = Counter("droidspeak:prefix_cache_queries", "Prompt tokens looked up in the store", m, registry=r)
+        self.hits = Counter("droidspeak:prefix_cache_hits", "Prompt tokens found in the store", m + ["kind"], registry=r)
+        self.requests = Counter("droidspeak:request_success", "Finished requests", m + ["finished_reason"], registry=r)
+        self.prompt_tokens = Counter("droidspeak:prompt_tokens", "Prompt tokens", m, registry=r)
+        self.generation_tokens = Counter("droidspeak:generation_tokens", "Generated tokens", m, registry=r)
+        self.fallbacks = Counter("droidspeak:store_fallbacks", "Requests that recomputed missing or bad entries", m,
+                                 registry=r)
+        self.running = Gauge("droidspeak:num_requests_running", "Requests decoding", m, registry=r)
+        self.waiting = Gauge("droidspeak:num_requests_waiting", "Requests queued", m, registry=r)
+        self.store_bytes = Gauge("droidspeak:store_bytes", "Bytes held per store tier", ["tier"], registry=r)
+        self.store_errors = Gauge("droidspeak:store_errors", "Storage errors per tier", ["tier"], registry=r)

@@ -1,0 +1,143 @@
+"""The real server on loopback, driven by the official openai client (SmolLM2 + shipped variants)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from droidspeak.metrics import token_f1
+
+pytestmark = pytest.mark.smollm
+
+CONTEXT = "Staff registry of the Vellmar district.\n" + "\n".join(
+    f"Entry {i}: Oru Maddex{i} works as a clockmaker for Brenth Works {i % 7} and was born in {1930 + i}."
+    for i in range(60))
+Q_BASE = "Summarize the registry in one sentence."
+Q_VARIANT = "Question about the document: Who employs Oru Maddex17?\nGive only the answer."
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, DROIDSPEAK_API_KEY="test-key")
+    log = open(tmp_path_factory.mktemp("srv") / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port),
+                             "--models", "smollm2-135m-instruct,smollm2-qa,smollm2-code", "--store", "memory:1GB"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail("server exited: " + log.read()[-3000:])
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key="test-key", timeout=300)
+
+
+def _chat(client, model, question, **kw):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": CONTEXT}, {"role": "user", "content": question}],
+        temperature=0, max_tokens=kw.pop("max_tokens", 12), **kw)
+
+
+def test_models_list_parents(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"smollm2-135m-instruct", "smollm2-qa", "smollm2-code"}
+    assert models["smollm2-qa"].model_extra["parent"] == "smollm2-135m-instruct"
+    assert models["smollm2-135m-instruct"].model_extra["parent"] is None
+
+
+def test_variant_reuses_what_the_base_prefilled(client, server):
+    first = _chat(client, "smollm2-135m-instruct", Q_BASE)
+    assert first.choices[0].message.content and first.usage.prompt_tokens > 900
+    assert first.model_extra["droidspeak"]["kind"] == "miss"
+    r = _chat(client, "smollm2-qa", Q_VARIANT)
+    ds = r.model_extra["droidspeak"]
+    assert r.usage.prompt_tokens_details.cached_tokens > 800
+    assert ds["kind"] == "cross-model" and ds["from_model"] == "smollm2-135m-instruct"
+    assert 0 < len(ds["recomputed_layers"]) <= 30
+    # within the profile's budget (1%) of the variant's own full-prefill answer
+    from droidspeak.decode import greedy, stop_ids
+    from droidspeak.models import load_model
+    from droidspeak.partial import full_prefill
+
+    qa = load_model("smollm2-qa")
+    ids = qa.tokenizer.apply_chat_template([{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_VARIANT}],
+                                           tokenize=True, add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    full = full_prefill(qa, ids)
+    want = qa.tokenizer.decode(greedy(qa.model, full.cache, full.logits, 12, stop_ids(qa.tokenizer)), skip_special_tokens=True)
+    assert token_f1(r.choices[0].message.content, want) >= 0.99, (r.choices[0].message.content, want)
+    # streaming gives the same text, and usage at the end
+    stream = _chat(client, "smollm2-qa", Q_VARIANT, stream=True, stream_options={"include_usage": True})
+    parts, usage = [], None
+    for ev in stream:
+        if ev.choices and ev.choices[0].delta.content:
+            parts.append(ev.choices[0].delta.content)
+        if ev.usage:
+            usage = ev.usage
+    assert "".join(parts) == r.choices[0].message.content and usage.completion_tokens >= 1
+    metrics = httpx.get(server + "/metrics").text
+    hit = [ln for ln in metrics.splitlines()
+           if ln.startswith("droidspeak:prefix_cache_hits_total") and 'kind="cross_model"' in ln and "smollm2-qa" in ln]
+    assert hit and float(hit[0].split()[-1]) > 800
+    assert "droidspeak:time_to_first_token_seconds_bucket" in metrics and "droidspeak:store_bytes" in metrics
+
+
+def test_completions_and_concurrency(client):
+    import concurrent.futures as cf
+
+    def one(i):
+        return client.completions.create(model=["smollm2-qa", "smollm2-code", "smollm2-135m-instruct"][i % 3],
+                                         prompt=f"def add_{i}(a, b):\n    return", max_tokens=6, temperature=0)
+
+    with cf.ThreadPoolExecutor(6) as ex:
+        outs = list(ex.map(one, range(6)))
+    assert all(o.choices[0].finish_reason in ("stop", "length") for o in outs)
+    assert all(o.usage.completion_tokens >= 1 for o in outs)
+
+
+def test_bad_requests_get_clear_4xx(server, client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.completions.create(model="smollm2-qa", prompt="word " * 9000, max_tokens=5)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="smollm2-qa", prompt="hi", max_tokens=10**9)
+    r = httpx.post(server + "/v1/completions", json={"model": "smollm2-qa", "prompt": "hi"},
+                   headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(server + "/v1/completions", content=b"{not json", headers={"Authorization": "Bearer test-key",
+                                                                              "Content-Type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert httpx.get(server + "/health").json()["status"] == "ok"
