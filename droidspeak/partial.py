@@ -82,18 +82,19 @@ def partial_prefill(receiver: LoadedModel, cap: SenderCapture, plan: RecomputePl
     dtype = surface.dtype
     t0 = time.perf_counter()
     cache = surface.new_cache()
-    position_ids = torch.arange(n).unsqueeze(0)  # [1, n]: the prefix sits at positions 0..n-1 in both models
-    context = torch.tensor([list(cap.token_ids)])
+    dev = surface.device
+    position_ids = torch.arange(n, device=dev).unsqueeze(0)  # [1, n]: the prefix sits at positions 0..n-1 in both models
+    context = torch.tensor([list(cap.token_ids)], device=dev)
     masks: dict[str, Any] | None = None
     for s, e in plan.groups:
         # hidden: [1, n, hidden] entering layer s
-        hidden = surface.embed(context) if s == 0 else cap.e[s].to(dtype)
+        hidden = surface.embed(context) if s == 0 else cap.e[s].to(device=dev, dtype=dtype)
         if masks is None:
             masks = surface.prefill_masks(hidden, position_ids)
         surface.run_layers(hidden, s, e, cache, position_ids, masks)
     for layer in plan.reused_layers:
         k, v = cap.kv[layer]  # [1, kv_heads, n, head_dim]
-        cache.layers[layer].update(k.to(dtype), v.to(dtype))
+        cache.layers[layer].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
     t1 = time.perf_counter()
     suffix = list(suffix_ids)
     if suffix:

@@ -91,7 +91,8 @@ def capture_steps(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
             hooks.append(surface.layers[idx].register_forward_pre_hook(pre_hook, with_kwargs=True))
         try:
             with torch.inference_mode():
-                surface.lm.model(input_ids=torch.tensor([ids[i:i + step]]), cache=cache, use_cache=True)
+                surface.lm.model(input_ids=torch.tensor([ids[i:i + step]], device=surface.device), cache=cache,
+                                 use_cache=True)
         finally:
             for h in hooks:
                 h.remove()

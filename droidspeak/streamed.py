@@ -56,8 +56,9 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
     if order != "e-first":
         fetcher.wait_all()
     t_loaded = time.perf_counter() - t0
-    context = torch.tensor([ids[:m]])
-    position_ids = torch.arange(m).unsqueeze(0)
+    dev = surface.device
+    context = torch.tensor([ids[:m]], device=dev)
+    position_ids = torch.arange(m, device=dev).unsqueeze(0)
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     masks = None
     bottom = {"upto": 0, "hidden": None}
@@ -94,7 +95,7 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
             missing.append(f"e[{s}]")
             recompute_bottom(e)
         else:
-            run(hidden, s, e)
+            run(hidden.to(dev), s, e)
     for layer in plan.reused_layers:
         if layer < bottom["upto"]:
             continue
@@ -108,7 +109,7 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
     cache = surface.new_cache()
     for layer in range(receiver.num_layers):
         k, v = kv[layer]
-        cache.layers[layer].update(k.to(dtype), v.to(dtype))
+        cache.layers[layer].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
     rest = ids[m:]
     if rest:
         logits = surface.forward_tokens(torch.tensor([rest]), cache)

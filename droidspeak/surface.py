@@ -37,6 +37,10 @@ class ModelSurface:
     def dtype(self) -> torch.dtype:
         return self.backbone.embed_tokens.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embed_tokens.weight.device
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
 
@@ -67,10 +71,10 @@ class ModelSurface:
 
     def forward_tokens(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """The model's own forward of ``ids`` ([1, m]) on top of ``cache``; logits of the last token."""
-        out = self.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        out = self.lm(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
     def forward_logits(self, ids: torch.Tensor, cache: DynamicCache, keep: int) -> torch.Tensor:
         """Like :meth:`forward_tokens`, but the logits of the last ``keep`` tokens: ``[keep, vocab]``."""
-        out = self.lm(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=keep)
+        out = self.lm(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep)
         return out.logits[0, -keep:]

@@ -1,0 +1,103 @@
+"""Run the benchmark page: every figure measured side by side, then BENCHMARKS.md and summary.json.
+
+    .venv/bin/python bench/run.py --quick    # make bench: a few minutes' worth of each figure
+    .venv/bin/python bench/run.py --full     # make bench-full: the whole page (about an hour on 2 cores)
+    .venv/bin/python bench/run.py --summary-only   # recompute summary.json + BENCHMARKS.md from results
+
+Profiles and held-out evaluations are long CPU jobs with their own script (bench/profile_all.sh);
+this runner reads their results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RES = ROOT / "bench" / "results"
+PY = sys.executable
+
+QUICK = {
+    "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "4096", "--repeats", "2"],
+    "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "50", "1000", "--repeats", "1"],
+    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "4",
+             "--rates", "0.1", "--out", "bench/results/serve_load_base_qa.json"],
+}
+FULL = {
+    "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "2048", "4096", "8000", "--repeats", "3"],
+    "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "25", "100", "400", "4000"],
+    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "8",
+             "--rates", "0.05", "0.1", "0.2", "--out", "bench/results/serve_load_base_qa.json"],
+    "load2": ["bench/serve_load.py", "--models", "smollm2-toolcall,smollm2-code", "--workflows", "6",
+              "--rates", "0.1", "--out", "bench/results/serve_load.json"],
+    "formats": ["bench/formats.py"],
+}
+
+
+def _load(name: str):
+    p = RES / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def summary(mode: str, command: str) -> dict:
+    out: dict = {"command": command, "mode": mode, "date": time.strftime("%Y-%m-%d %H:%M"),
+                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                             "python": platform.python_version()}}
+    t = _load("ttft_peers.json")
+    if t:
+        e = min(t["results"], key=lambda r: abs(r["context_tokens"] - 4096))
+        out.update({"receiver": t["receiver"], "sender": t["sender"], "plan": e["plan"],
+                    "context_tokens_4k": e["context_tokens"],
+                    "ttft_speedup_4k": e["speedup_vs_full"]["plan"], "limit_ratio_4k": e["plan_over_limit"],
+                    "llamacpp_ratio_4k": e["plan_over_llamacpp"], "ttft_s_4k": e["ttft_s"],
+                    "ttft_command": t["command"]})
+        ev = _load(f"eval_{t['sender']}__{t['receiver']}.json")
+        if ev:
+            out["relative_quality_drop_4k"] = ev["relative_drop"]
+            out["quality_metric"] = ev["metric"]
+            out["quality_rows"] = ev["rows"]
+            out["quality_command"] = ev.get("command")
+    lo = _load("serve_load_base_qa.json")
+    if lo:
+        slo = lo["slo_s"]
+        rates = sorted(lo["modes"]["sharing"], key=float)
+        top = rates[-1]
+        good = {m: lo["modes"][m][top]["requests_per_s"] * lo["modes"][m][top]["slo_attainment"]
+                for m in ("sharing", "no_sharing")}
+        out["throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
+        out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {slo}s at {top} workflows/s, with "
+                                        "sharing over without (base then smollm2-qa on each context)")
+        out["throughput_command"] = lo["command"]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--full", action="store_true")
+    g.add_argument("--summary-only", action="store_true")
+    args = ap.parse_args()
+    mode = "full" if args.full else "summary" if args.summary_only else "quick"
+    if mode != "summary":
+        for name, cmd in (FULL if mode == "full" else QUICK).items():
+            print(f"== {name}: {' '.join(cmd)}", flush=True)
+            r = subprocess.run([PY, *cmd], cwd=ROOT)
+            if r.returncode != 0:
+                print(f"bench step {name} failed ({r.returncode})", file=sys.stderr)
+                return r.returncode
+    s = summary(mode, "python " + " ".join(["bench/run.py", *sys.argv[1:]]))
+    RES.mkdir(parents=True, exist_ok=True)
+    (RES / "summary.json").write_text(json.dumps(s, indent=1))
+    print(json.dumps({k: v for k, v in s.items() if not isinstance(v, dict)}, indent=1))
+    return subprocess.run([PY, "bench/report.py"], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
