@@ -61,6 +61,13 @@ class Hosted:
 class ModelHost:
     """The models a node serves, by name."""
 
+    @classmethod
+    def of(cls, hosted: list[Hosted]) -> "ModelHost":
+        """A host over models already loaded (tests, embedding)."""
+        h = cls.__new__(cls)
+        h.models = {x.name: x for x in hosted}
+        return h
+
     def __init__(self, names: list[str] | None = None):
         specs = registry()
         names = names or list(specs)
@@ -428,7 +435,7 @@ class Engine:
             self._finish(r, "stop")
             return
         r.out.append(tok)
-        text = tokenizer.decode(r.out, skip_special_tokens=True)
+        text = tokenizer.decode(r.out, skip_special_tokens=True) if tokenizer is not None else " ".join(map(str, r.out))
         delta = text[len(r.text):]
         stop_hit = next((s for s in r.stop if s and s in text), None)
         if stop_hit is not None:
