@@ -100,3 +100,50 @@ def redis_server():
     srv = RedisServer().start()
     yield srv
     srv.stop()
+
+
+class ServerProc:
+    """`droidspeak serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, *args: str, env: dict | None = None, log_dir=None):
+        import subprocess
+        import sys
+        import tempfile
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(log_dir or tempfile.mkdtemp(), f"server-{self.port}.log"), "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(self.port), *args],
+                                     env=dict(os.environ, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 300):
+        import time
+
+        import httpx
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                pytest.fail("server exited: " + self.log.read()[-3000:])
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        pytest.fail("server did not become healthy")
+
+    def logs(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

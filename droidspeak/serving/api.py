@@ -87,6 +87,21 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="droidspeak", version="0.1", lifespan=lifespan,
                   description="OpenAI-compatible serving where fine-tuned variants share KV caches")
 
+    def openapi() -> dict[str, Any]:
+        """The schema names the served models (clients and fuzzers see what is valid)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            sch = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for name in ("CompletionRequest", "ChatRequest"):
+                props = sch.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+                if "model" in props:
+                    props["model"]["enum"] = list(engine.host.models)
+            app.openapi_schema = sch
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ApiError)
     async def _api_error(_req: HttpRequest, exc: ApiError):
         return _err(exc.status, exc.message, exc.type, exc.code)
@@ -183,7 +198,9 @@ def create_app(engine: Engine) -> FastAPI:
         try:
             engine.submit(r)
         except QueueFull as e:
-            raise ApiError(503, f"server busy: {e}; retry later", "server_error", "overloaded") from None
+            if engine.stopping:
+                raise ApiError(503, "server is shutting down", "server_error", "shutting_down") from None
+            raise ApiError(429, f"server busy: {e}; retry later", "rate_limit_error", "overloaded") from None
         created = int(time.time())
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + r.id
         obj = "chat.completion" if kind == "chat" else "text_completion"

@@ -411,14 +411,16 @@ class Engine:
                 g.leaving.add(r.id)
 
     def _sample(self, r: Request, logits: torch.Tensor) -> int:
-        if r.temperature <= 0:
+        if r.temperature < 1e-4:  # greedy (also for temperatures so small that they overflow)
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / r.temperature, dim=-1)
+        probs = torch.softmax(logits.double() / r.temperature, dim=-1)
+        if not torch.isfinite(probs).all() or probs.sum() <= 0:
+            return int(torch.argmax(logits))
         if r.top_p < 1.0:
             sp, si = torch.sort(probs, descending=True)
             keep = torch.cumsum(sp, 0) - sp < r.top_p
             probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-            probs /= probs.sum()
+            probs = probs / probs.sum()
         return int(torch.multinomial(probs, 1, generator=r._rng))
 
     def _emit_token(self, r: Request, tok: int) -> None:
