@@ -143,18 +143,21 @@ def load_aware_plan(profile: dict[str, Any], num_layers: int, tokens: int, bandw
 
 def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens | list[int], policy: str = "bandwidth",
            bandwidth_bytes_s: float | None = None, waiting: int = 0, slo_s: float = 5.0,
-           share: bool = True) -> Decision:
+           share: bool = True, min_hit_fraction: float = 0.5) -> Decision:
     """Pick the hit and plan for a request (see the module docstring).
 
     ``policy``: ``profile`` (the profile's chosen plan), ``bandwidth`` (lowest predicted TTFT
     within budget), ``load`` (``bandwidth`` while requests wait, else the most recomputation that
-    meets ``slo_s``). ``share=False`` allows same-model hits only.
+    meets ``slo_s``). ``share=False`` allows same-model hits only. A hit shorter than
+    ``min_hit_fraction`` of the prompt (a shared system prompt, say) is not worth its fetches: the
+    request is prefilled in full and stored whole, so the next one finds all of it.
     """
     L = receiver.num_layers
     ids = prompt.ids if isinstance(prompt, PromptTokens) else list(prompt)
     hits = store.lookup(receiver.family, ids[:-1], num_layers=L)  # at least one token is the receiver's own
     if not share:
         hits = [h for h in hits if h.sender == receiver.identity]
+    hits = [h for h in hits if h.tokens >= min_hit_fraction * len(ids)]
     own = [h for h in hits if h.sender == receiver.identity]
     best_own = own[0] if own else None
     for h in hits:

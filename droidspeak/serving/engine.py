@@ -347,7 +347,8 @@ class Engine:
         if store is not None:
             try:
                 d = decide(model, store, prompt, policy=s.policy if s.policy in ("bandwidth", "profile") else "load",
-                           waiting=len(self.waiting), slo_s=s.ttft_slo_s, share=s.share)
+                           waiting=len(self.waiting), slo_s=s.ttft_slo_s, share=s.share,
+                           min_hit_fraction=s.min_hit_fraction)
             except DroidspeakError as e:
                 log.warning("sharing decision failed (%s); full prefill", e)
                 d = Decision("miss", None, RecomputePlan.all(model.num_layers), str(e))

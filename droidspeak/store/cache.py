@@ -161,7 +161,8 @@ class CacheStore:
         self.stats.fetch_s += time.perf_counter() - t0
         if raw is None:
             self.stats.bump("missing")
-            log.info("store entry missing: %s %d of %s", kind, layer, hit.sender[:12])
+            log.warning("store entry missing: %s %d of %s; recomputing", kind, layer, hit.sender[:12])
+            self.invalidate(hit, family)
             return None
         self.stats.fetched_bytes += len(raw)
         try:
@@ -179,8 +180,15 @@ class CacheStore:
             return e[:, :hit.tokens]
         except (CorruptEntry, KeyError) as err:
             self.stats.bump("corrupt")
-            log.warning("store entry %s %d of %s refused: %s", kind, layer, hit.sender[:12], err)
+            log.warning("store entry %s %d of %s refused (%s); recomputing", kind, layer, hit.sender[:12], err)
+            self.backend.delete(key)
+            self.invalidate(hit, family)
             return None
+
+    def invalidate(self, hit: Hit, family: FamilyFingerprint) -> None:
+        """Make a stored context unreachable (its manifest goes): it is stored afresh on the next miss."""
+        self.backend.delete(self.keys.manifest(family.digest, hit.sender, hit.chain))
+        self.stats.bump("invalidated")
 
     def fetcher(self, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype) -> "Fetcher":
         return Fetcher(self, hit, items, family, dtype)
