@@ -1,6 +1,5 @@
 """The real server on loopback, driven by the official openai client (SmolLM2 + shipped variants)."""
 
-import json
 import os
 import subprocess
 import sys
