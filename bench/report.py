@@ -154,6 +154,89 @@ def formats_section() -> list[str]:
     return out + [""]
 
 
+def summary_section() -> list[str]:
+    r = _load("summary.json")
+    out = ["## Summary (bench/results/summary.json)", ""]
+    if not r:
+        return out + ["(not measured yet: `make bench`)", ""]
+    def f(k, fmt="{:.2f}"):
+        v = r.get(k)
+        return fmt.format(v) if isinstance(v, (int, float)) else "n/a"
+    out += [f"Produced by `{r['command']}` on {r['machine']['cores']} cores ({r['machine']['cpu']}), {r['date']}.", "",
+            "| figure | value | ambition |", "|---|---|---|",
+            f"| receiver TTFT speedup at ~4K tokens, plan {r.get('plan')} ({r.get('sender')} -> {r.get('receiver')}) | "
+            f"{f('ttft_speedup_4k')}x | >= 4x |",
+            f"| relative quality drop at ~4K tokens ({r.get('quality_metric')}, {r.get('quality_rows')} held-out rows) | "
+            f"{f('relative_quality_drop_4k', '{:+.1%}')} | <= 1% |",
+            f"| plan TTFT / physical limit | {f('limit_ratio_4k')} | <= 1.25 |",
+            f"| plan TTFT / llama.cpp full-prefill TTFT | {f('llamacpp_ratio_4k')} | < 1 |",
+            f"| throughput gain at the TTFT SLO | {f('throughput_gain_at_slo')}x | (paper: 2-4x) |", ""]
+    return out
+
+
+def ttft_peers_section() -> list[str]:
+    r = _load("ttft_peers.json")
+    out = ["## TTFT against context length, beside the peers", ""]
+    if not r:
+        return out + ["(not measured yet)", ""]
+    m = r["machine"]
+    out += [f"Receiver {r['receiver']}, sender {r['sender']}, plan {r['plan']} from `{r['profile']}`; "
+            f"{m['threads']} torch threads, {m['cores']} cores, torch {m['torch']}, fp32; llama.cpp on the Q4_1 GGUF "
+            f"with the same threads{'' if m.get('llamacpp') else ' (not installed for this run)'}. Medians, interleaved. "
+            f"Command: `{r['command']}` ({r['date']}).", "",
+            "| context tokens | full prefill | full reuse | plan | limit | plan / limit | same-model hit | HF generate | "
+            "llama.cpp | plan speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in r["results"]:
+        t = e["ttft_s"]
+        lc = f"{t['llamacpp']:.2f}s" if "llamacpp" in t else "n/a"
+        out.append(f"| {e['context_tokens']} | {t['full_prefill']:.2f}s | {t['full_reuse']:.2f}s | {t['plan']:.2f}s | "
+                   f"{e['limit_s']:.2f}s | {e['plan_over_limit']:.2f} | {t['same_model_hit']:.2f}s | "
+                   f"{t['hf_generate']:.2f}s | {lc} | {e['speedup_vs_full']['plan']:.2f}x |")
+    return out + [""]
+
+
+def serve_section() -> list[str]:
+    out = ["## Serving under load: with and without sharing", ""]
+    found = False
+    for name in ("serve_load.json", "serve_load_base_qa.json"):
+        r = _load(name)
+        if not r:
+            continue
+        found = True
+        out += [f"Workflows {' -> '.join(r['models'])} on shared {r['tokens']}-token contexts (B asks after A answered), "
+                f"Poisson arrivals, real server on loopback, TTFT SLO {r['slo_s']}s. Command: `{r['command']}` "
+                f"({r['date']}, {r['machine']['cores']} cores).", "",
+                "| workflows/s | mode | requests/s | TTFT p50 | TTFT p90 | TTFT p99 | SLO met | cached tokens (mean) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for rate in sorted(r["modes"]["sharing"], key=float):
+            for mode in ("sharing", "no_sharing"):
+                x = r["modes"][mode][rate]
+                out.append(f"| {rate} | {mode.replace('_', ' ')} | {x['requests_per_s']:.3f} | {x['ttft_p50_s']:.2f}s | "
+                           f"{x['ttft_p90_s']:.2f}s | {x['ttft_p99_s']:.2f}s | {x['slo_attainment']:.0%} | "
+                           f"{x['cached_tokens_mean']:.0f} |")
+        out.append("")
+    if not found:
+        out.append("(not measured yet)")
+    return out + [""]
+
+
+def gold_section() -> list[str]:
+    p = _load("profile_gold_smollm2-135m-instruct__smollm2-qa.json")
+    ev = _load("evalgold_smollm2-135m-instruct__smollm2-qa.json")
+    out = ["## Label-free against gold-label profiling (base -> qa)", ""]
+    if not p:
+        return out + ["(not measured yet)", ""]
+    ch = p["chosen"]
+    out += [f"The same pair profiled the paper's way (gold F1 against references, 1% budget): chosen plan **{ch['plan']}** "
+            f"({ch['recomputed_layers']}/30 layers, calibration drop {ch['relative_drop']:.1%}). "
+            f"Command: `{p.get('command')}`."]
+    if ev:
+        out += ["", f"On the held-out rows at ~4K tokens (`{ev.get('command')}`): F1 {ev['quality_full']:.3f} -> "
+                f"{ev['quality_plan']:.3f} ({ev['relative_drop']:+.1%}), agreement with the full-prefill answer "
+                f"{ev['agreement_plan']:.2f}, TTFT {ev['ttft_speedup']:.2f}x."]
+    return out + [""]
+
+
 NOTES = ROOT / "bench" / "notes.md"  # hand-written reading of the figures, kept beside them
 
 
@@ -162,7 +245,8 @@ def main() -> int:
              "Every figure below was produced by the command shown beside it, on the machine named there; "
              "the raw JSON lies in `bench/results/`. This file is regenerated by `python bench/report.py`.", ""]
     variants = variants_section()
-    lines += (variants + profiles_section() + eval_section() + sensitivity_section() + ttft_section()
+    lines += (summary_section() + variants + profiles_section() + eval_section() + gold_section()
+              + ttft_peers_section() + serve_section() + sensitivity_section() + ttft_section()
               + pipeline_section() + formats_section())
     if NOTES.is_file():
         lines += [NOTES.read_text()]

@@ -1,9 +1,10 @@
 """``make demo``: the compound workflow on the embedded default.
 
-The base model reads one long document once (its prefill is captured: K/V of every layer, E
-where plans need it, in an in-process store). Then every shipped variant answers its own request
-about that document twice: reusing the base's cache through the pair's recompute plan, and with
-its own full prefill. A table shows both answers, both TTFTs and the layers recomputed.
+The base model reads one long document once; its prefill goes to an in-process store (K/V of
+every layer, E where its pairs' plans need it). Then every shipped variant answers its own
+request about that document twice: through the store (the longest stored prefix, the pair's
+profiled plan, refused if the profile does not match the weights), and with its own full prefill.
+A table shows both answers, both TTFTs and the layers recomputed.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import json
 import time
 
 from . import tasks
-from .sender import capture
 from .decode import greedy, stop_ids
-from .metrics import score
+from .metrics import kl_divergence, score
 from .models import BASE_NAME, load_model, shipped_variants
 from .partial import full_prefill
-from .plan import RecomputePlan
 from .prompt import layout
-from .reuse import profile_checker, run_reuse, warm_up
-from .errors import DroidspeakError
-from .variants import FALLBACK_PLAN, answer_length, default_plan_spec
+from .reuse import warm_up
+from .sharing import serve_prefill
+from .store import CacheStore, MemoryBackend
+from .variants import answer_length
 
 BASE_REQUEST = "In one sentence, what kinds of records does this document contain?"
 
@@ -46,44 +46,43 @@ def run_demo(args: argparse.Namespace) -> int:
     prefix = layout(base.tokenizer, doc, BASE_REQUEST)
     warm_up(base, *variants)
 
-    # 1. the base reads the document once and answers its own request; its caches are kept
-    plans = {}
-    for v in variants:
-        try:
-            plans[v.name] = RecomputePlan.parse(default_plan_spec(BASE_NAME, v.name), v.num_layers,
-                                                profile_checker(base, v))
-        except DroidspeakError as e:  # e.g. the adapter was retrained after its profile was made
-            print(f"note: {v.name}: {e}; recomputing every layer instead", flush=True)
-            plans[v.name] = RecomputePlan.parse(FALLBACK_PLAN, v.num_layers)
-    e_layers = sorted({l for p in plans.values() for l in p.transition_layers})
+    # 1. the base reads the document once and answers its own request; its caches go to the store
+    store = CacheStore(MemoryBackend(2 << 30))
     t0 = time.perf_counter()
-    cap = capture(base, list(prefix.prefix), e_layers=e_layers)
+    own = serve_prefill(base, store, prefix)  # a miss: prefilled once, K/V + the E its pairs need stored
     t_capture = time.perf_counter() - t0
-    own = full_prefill(base, prefix.ids)
-    base_answer = base.tokenizer.decode(greedy(base.model, own.cache, own.logits, args.max_new_tokens or 48,
-                                               stop_ids(base.tokenizer)), skip_special_tokens=True)
-    print(f"\nbase {BASE_NAME} read a {len(prefix.prefix)}-token document in {t_capture:.2f}s "
-          f"(cache kept: {cap.nbytes() / 2**20:.1f} MiB of K/V for 30 layers + E at layers {e_layers})")
+    stops = stop_ids(base.tokenizer)
+    base_answer = base.tokenizer.decode(greedy(base.model, own.cache, own.logits, args.max_new_tokens or 48, stops),
+                                        skip_special_tokens=True)
+    print(f"\nbase {BASE_NAME} read a {len(prefix.prefix)}-token document in {t_capture:.2f}s and stored "
+          f"{own.info.get('stored_tokens', 0)} tokens of it ({store.backend.nbytes() / 2**20:.1f} MiB in the in-process store)")
     print(f"base answers '{BASE_REQUEST}'\n  -> {base_answer.strip()!r}\n")
 
-    # 2. every variant answers its own request, reusing the base's cache
+    # 2. every variant answers its own request, reusing the base's cache through its profile
     rows = []
     for v in variants:
         ex = requests.get(v.spec.task or "qa")
         p = layout(v.tokenizer, doc, ex.prompt)
         max_new = args.max_new_tokens or answer_length(v.name, 48)
-        rep = run_reuse(base, v, p, plans[v.name], max_new, cap=cap)
-        metric = tasks.METRIC_OF_TASK.get(v.spec.task or "qa", "f1")
+        shared = serve_prefill(v, store, p, store_on_miss=False, policy="profile")
+        full = full_prefill(v, p.ids)
+        vstops = stop_ids(v.tokenizer)
+        dec = lambda res: v.tokenizer.decode(greedy(v.model, res.cache, res.logits, max_new, vstops),  # noqa: E731
+                                             skip_special_tokens=True)
+        a_shared, a_own = dec(shared), dec(full)
+        metric = tasks.METRIC_OF_TASK.get(v.spec.task or "qa") or "f1"
         rows.append({
             "variant": v.name, "request": ex.prompt.splitlines()[0][:70], "reference": ex.reference,
-            "answer_shared": rep.answer.strip(), "answer_own": rep.full_answer.strip(),
-            "score_shared": score(metric, rep.answer, ex.reference or ""),
-            "score_own": score(metric, rep.full_answer, ex.reference or ""), "metric": metric,
-            "ttft_shared_s": rep.ttft_s, "ttft_own_s": rep.full_ttft_s, "plan": rep.plan,
-            "recomputed": len(rep.recomputed_layers), "first_token_kl": rep.first_token_kl,
+            "answer_shared": a_shared.strip(), "answer_own": a_own.strip(),
+            "score_shared": score(metric, a_shared, ex.reference or ""),
+            "score_own": score(metric, a_own, ex.reference or ""), "metric": metric,
+            "ttft_shared_s": shared.timings["prefill_s"], "ttft_own_s": full.timings["prefill_s"],
+            "plan": shared.info.get("plan"), "kind": shared.info.get("kind"), "reused_tokens": shared.info.get("reused_tokens"),
+            "recomputed": len(shared.recomputed_layers), "first_token_kl": kl_divergence(full.logits, shared.logits),
         })
     for r in rows:
-        print(f"== {r['variant']}  (plan {r['plan']}: {r['recomputed']}/30 layers recomputed)")
+        print(f"== {r['variant']}  ({r['kind']}: {r['reused_tokens']} tokens reused, plan {r['plan']}, "
+              f"{r['recomputed']}/30 layers recomputed)")
         print(f"   request : {r['request']}")
         print(f"   shared  : {r['answer_shared'][:110]!r}   [{r['metric']} {r['score_shared']:.2f}]")
         print(f"   own     : {r['answer_own'][:110]!r}   [{r['metric']} {r['score_own']:.2f}]")
