@@ -15,7 +15,7 @@ help:
 	@echo "make test      the test suite (unit tests on a tiny model, integration on SmolLM2); slow ones excluded"
 	@echo "make test-slow also the slow tests"
 	@echo "make bench     quick benchmark page (minutes): TTFT vs peers, pipelining, load; regenerates BENCHMARKS.md"
-	@echo "make bench-full the whole page (about an hour on 2 cores)"
+	@echo "make bench-full the whole page (about 20 minutes on 2 cores)"
 	@echo "make serve     the OpenAI-compatible server on 127.0.0.1:8000 with every shipped model"
 
 $(STAMP): pyproject.toml

@@ -10,12 +10,13 @@ native fp32 entries, and bytes per token are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, layout  # noqa: E402
 from droidspeak.decode import greedy, stop_ids  # noqa: E402
@@ -58,13 +59,12 @@ def main() -> int:
             acc[fmt]["agree"].append(token_f1(ans, ref[1]) if ref[1].strip() else float(ans == ref[1]))
             acc[fmt]["bytes_per_token"].append(backend.nbytes() / hit.tokens)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    out = {"command": "python " + " ".join(sys.argv), "sender": sender.name, "receiver": receiver.name,
-           "plan": str(plan), "rows": len(rows), "date": time.strftime("%Y-%m-%d %H:%M"),
-           "formats": {f: {k: mean(v) for k, v in d.items()} for f, d in acc.items()}}
+    out = provenance() | {"sender": sender.name, "receiver": receiver.name, "plan": str(plan), "rows": len(rows),
+                          "formats": {f: {k: mean(v) for k, v in d.items()} for f, d in acc.items()}}
     for f, d in out["formats"].items():
         print(f"{f:>6}: {d['bytes_per_token']:.0f} B/token, first-token KL vs native {d['kl']:.2e}, "
               f"answer agreement {d['agree']:.3f}")
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_result(args.out, out)
     return 0
 
 

@@ -14,16 +14,15 @@ the profile's plans within budget) is run against always using the profile's che
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
@@ -85,13 +84,9 @@ def main() -> int:
         print(f"{mbs:>7g} MB/s  full {full:.2f}s  " + "  ".join(f"{o} {t:.2f}s" for o, t in entry["orders"].items())
               + f"  | aware {aware} {t_aware:.2f}s vs smallest {plan} {t_small:.2f}s", flush=True)
         results.append(entry)
-    out = {"command": "python " + " ".join(sys.argv), "sender": sender.name, "receiver": receiver.name,
-           "context_tokens": len(prompt.prefix), "profile_plan": str(plan),
-           "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                       "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, provenance() | {"sender": sender.name, "receiver": receiver.name,
+                                           "context_tokens": len(prompt.prefix), "profile_plan": str(plan),
+                                           "results": results})
     return 0
 
 

@@ -1,7 +1,7 @@
 """Run the benchmark page: every figure measured side by side, then BENCHMARKS.md and summary.json.
 
     .venv/bin/python bench/run.py --quick    # make bench: a few minutes' worth of each figure
-    .venv/bin/python bench/run.py --full     # make bench-full: the whole page (about an hour on 2 cores)
+    .venv/bin/python bench/run.py --full     # make bench-full: the whole page (about 20 minutes on 2 cores)
     .venv/bin/python bench/run.py --summary-only   # recompute summary.json + BENCHMARKS.md from results
 
 Profiles and held-out evaluations are long CPU jobs with their own script (bench/profile_all.sh);
@@ -30,11 +30,11 @@ QUICK = {
              "--rates", "0.1", "--out", "bench/results/serve_load_base_qa.json"],
 }
 FULL = {
-    "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "2048", "4096", "8000", "--repeats", "3"],
-    "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "25", "100", "400", "4000"],
-    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "8",
-             "--rates", "0.05", "0.1", "0.2", "--out", "bench/results/serve_load_base_qa.json"],
-    "load2": ["bench/serve_load.py", "--models", "smollm2-toolcall,smollm2-code", "--workflows", "6",
+    "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "2048", "4096", "8000", "--repeats", "2"],
+    "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "25", "100", "1000", "--repeats", "1"],
+    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "5",
+             "--rates", "0.05", "0.15", "--out", "bench/results/serve_load_base_qa.json"],
+    "load2": ["bench/serve_load.py", "--models", "smollm2-toolcall,smollm2-code", "--workflows", "4",
               "--rates", "0.1", "--out", "bench/results/serve_load.json"],
     "formats": ["bench/formats.py"],
 }

@@ -11,16 +11,15 @@ were free and the suffix took no time.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
@@ -67,15 +66,8 @@ def main() -> int:
                   f"{t:.3f}s vs full {full:.3f}s = {full / t:5.2f}x" + (f", {t / limit:.2f}x the limit" if limit else ""),
                   flush=True)
         results.append(entry)
-    out = {
-        "command": "python " + " ".join(sys.argv), "sender": args.sender, "receiver": args.receiver,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "dtype": "float32"},
-        "date": time.strftime("%Y-%m-%d %H:%M"), "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, provenance(dtype="float32") | {"sender": args.sender, "receiver": args.receiver,
+                                                         "results": results})
     return 0
 
 

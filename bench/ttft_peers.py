@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
 from droidspeak.models import BASE_NAME, _gguf_file, load_model  # noqa: E402
@@ -99,14 +100,9 @@ def main() -> int:
         print(f"{len(p.prefix):>5} tok: " + "  ".join(f"{k} {v:.3f}s" for k, v in med.items())
               + f"  | plan {plan} {full / med['plan']:.2f}x, {entry['plan_over_limit'] or 0:.2f}x limit", flush=True)
         results.append(entry)
-    out = {"command": "python " + " ".join(sys.argv), "sender": args.sender, "receiver": args.receiver,
-           "profile": str(prof_file.relative_to(prof_file.parent.parent)), "plan": str(plan),
-           "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads, "cores": os.cpu_count(),
-                       "torch": torch.__version__, "dtype": "float32", "llamacpp": llm is not None},
-           "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_result(args.out, provenance(dtype="float32", llamacpp=llm is not None) | {
+        "sender": args.sender, "receiver": args.receiver, "plan": str(plan),
+        "profile": str(prof_file.relative_to(prof_file.parent.parent)), "results": results})
     return 0
 
 

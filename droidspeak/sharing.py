@@ -36,39 +36,35 @@ def profile_dirs() -> list[Path]:
     return extra + [REPO_DIR / "profiles"]
 
 
-def find_profile(sender_identity: str, receiver_identity: str, family: str) -> dict[str, Any] | None:
-    """A profile made for exactly these two sets of weights, else None."""
+def _profiles(family: str, sender_identity: str):
+    """Every readable profile of this family whose sender is exactly these weights."""
     for d in profile_dirs():
         for p in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
                 prof = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 continue
-            if (isinstance(prof, dict) and prof.get("sender_identity") == sender_identity
-                    and prof.get("receiver_identity") == receiver_identity and prof.get("family") == family
-                    and "chosen_plan" in prof):
+            if (isinstance(prof, dict) and "chosen_plan" in prof and prof.get("family") == family
+                    and prof.get("sender_identity") == sender_identity):
                 prof["_path"] = str(p)
-                return prof
-    return None
+                yield prof
+
+
+def find_profile(sender_identity: str, receiver_identity: str, family: str) -> dict[str, Any] | None:
+    """A profile made for exactly these two sets of weights, else None."""
+    return next((p for p in _profiles(family, sender_identity) if p.get("receiver_identity") == receiver_identity), None)
 
 
 def e_layers_for_sender(sender_identity: str, family: str) -> list[int]:
     """E layers other models need from this sender: transitions of every plan its profiles may pick."""
     out: set[int] = set()
-    for d in profile_dirs():
-        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+    for prof in _profiles(family, sender_identity):
+        L = int(prof.get("cost_model", {}).get("num_layers", 0) or 0) or 10_000
+        for spec in [prof.get("chosen_plan", "none"), *prof.get("frontier", [])]:
             try:
-                prof = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if not isinstance(prof, dict) or prof.get("sender_identity") != sender_identity or prof.get("family") != family:
-                continue
-            L = int(prof.get("cost_model", {}).get("num_layers", 0) or 0) or None
-            for spec in [prof.get("chosen_plan", "none"), *prof.get("frontier", [])]:
-                try:
-                    out |= set(RecomputePlan.parse(str(spec), L or 10_000).transition_layers)
-                except PlanError:
-                    pass
+                out |= set(RecomputePlan.parse(str(spec), L).transition_layers)
+            except PlanError:
+                pass
     return sorted(out)
 
 

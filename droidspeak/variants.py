@@ -174,18 +174,7 @@ def evaluate(name: str, n: int = 40, progress: bool = True, seed: int = 0) -> di
     }
 
 
-# A plan used for a pair before `droidspeak profile` has written one: the contiguous block that
-# the committed sensitivity studies (bench/results/sensitivity_*.json) found most sensitive.
-FALLBACK_PLAN = "all"
-
-
 def profile_path(sender: str, receiver: str) -> Path:
     from .paths import REPO_DIR
 
     return REPO_DIR / "profiles" / f"{sender}__{receiver}.json"
-
-
-def default_plan_spec(sender: str, receiver: str) -> str:
-    """The pair's profiled plan (``profile:PATH``) when a profile ships, else the fallback."""
-    p = profile_path(sender, receiver)
-    return f"profile:{p}" if p.is_file() else FALLBACK_PLAN

@@ -29,9 +29,10 @@ class StreamOptions(_Base):
     include_usage: bool = False
 
 
-class CompletionRequest(_Base):
+class _Generation(_Base):
+    """Fields every generation request shares."""
+
     model: str = Field(min_length=1, max_length=256)
-    prompt: str | list[str] = Field(description="one prompt (a list must hold exactly one)")
     max_tokens: int | None = Field(default=16, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -43,24 +44,19 @@ class CompletionRequest(_Base):
     user: str | None = None
 
 
+class CompletionRequest(_Generation):
+    prompt: str | list[str] = Field(description="one prompt (a list must hold exactly one)")
+
+
 class ChatMessage(_Base):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class ChatRequest(_Base):
-    model: str = Field(min_length=1, max_length=256)
+class ChatRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: int = Field(default=1, ge=1, le=1)
-    user: str | None = None
 
 
 class ApiError(Exception):
