@@ -140,3 +140,28 @@ def test_bad_requests_get_clear_4xx(server, client):
                                                                               "Content-Type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
     assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_two_nodes_share_through_redis(tmp_path, redis_server):
+    """Node A hosts only the base, node B only a variant; they share nothing but a Redis server."""
+    from conftest import ServerProc
+
+    store = ["--store", f"memory:256MB,{redis_server.url}", "--namespace", "two-nodes"]
+    a = ServerProc("--models", "smollm2-135m-instruct", *store, log_dir=tmp_path)
+    b = ServerProc("--models", "smollm2-qa", *store, log_dir=tmp_path)
+    try:
+        a.wait(), b.wait()
+        msgs = [{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_BASE}]
+        r = httpx.post(a.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "smollm2-135m-instruct", "messages": msgs, "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200 and r.json()["droidspeak"]["kind"] == "miss"
+        msgs[1]["content"] = Q_VARIANT
+        r = httpx.post(b.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "smollm2-qa", "messages": msgs, "max_tokens": 4, "temperature": 0})
+        body = r.json()
+        assert body["droidspeak"]["kind"] == "cross-model", body["droidspeak"]
+        assert body["droidspeak"]["from_model"].startswith("identity:")  # a model this node does not host
+        assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 800
+    finally:
+        a.stop()
+        b.stop()
