@@ -14,6 +14,7 @@ the profile's plans within budget) is run against always using the profile's che
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -41,12 +42,14 @@ def main() -> int:
     ap.add_argument("--bandwidths-mbs", type=float, nargs="+", default=[10, 30, 100, 1000])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--plan", help="plan for the order comparison (default: the profile's chosen plan)")
+    ap.add_argument("--profile", help="profile JSON to take plans from (default: the pair's in profiles/)")
     ap.add_argument("--out", default="bench/results/pipeline.json")
     args = ap.parse_args()
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     warm_up(sender, receiver)
-    prof = find_profile(sender.identity, receiver.identity, receiver.family.digest)
+    prof = (json.loads(Path(args.profile).read_text()) if args.profile
+            else find_profile(sender.identity, receiver.identity, receiver.family.digest))
     if prof is None:
         print("no profile for this pair in profiles/", file=sys.stderr)
         return 2
