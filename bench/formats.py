@@ -20,7 +20,7 @@ from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, layout  # noqa: E402
 from droidspeak.decode import greedy, stop_ids  # noqa: E402
-from droidspeak.metrics import kl_divergence, token_f1  # noqa: E402
+from droidspeak.metrics import agreement, kl_divergence  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.sharing import find_profile  # noqa: E402
 from droidspeak.store import FORMATS, CacheStore, MemoryBackend  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> int:
             if ref is None:
                 ref = (res.logits, ans)
             acc[fmt]["kl"].append(kl_divergence(ref[0], res.logits))
-            acc[fmt]["agree"].append(token_f1(ans, ref[1]) if ref[1].strip() else float(ans == ref[1]))
+            acc[fmt]["agree"].append(agreement(ans, ref[1]))
             acc[fmt]["bytes_per_token"].append(backend.nbytes() / hit.tokens)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     out = provenance() | {"sender": sender.name, "receiver": receiver.name, "plan": str(plan), "rows": len(rows),

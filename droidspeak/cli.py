@@ -74,10 +74,7 @@ def cmd_reuse(args: argparse.Namespace) -> int:
 
     if not 1 <= args.max_new_tokens <= 4096:
         raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
-    ctx_path = Path(args.context)
-    if not ctx_path.is_file():
-        raise DroidspeakError(f"context file not found: {ctx_path}")
-    context = ctx_path.read_text(encoding="utf-8", errors="replace")
+    context = _read_context(args.context)
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     require_shareable(sender, receiver)
     plan = RecomputePlan.parse(args.plan, receiver.num_layers, profile_checker(sender, receiver))

@@ -16,17 +16,13 @@ import torch
 
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError
-from .metrics import kl_divergence, score, token_f1
+from .metrics import agreement, kl_divergence, score
 from .models import LoadedModel
 from .partial import full_prefill, partial_prefill
 from .plan import RecomputePlan
 from .reuse import prompt_for, require_shareable, warm_up
 from .sender import capture
 from .tasks import Example
-
-
-def _agree(answer: str, full_answer: str) -> float:
-    return token_f1(answer, full_answer) if full_answer.strip() else float(answer == full_answer)
 
 
 @torch.inference_mode()
@@ -61,13 +57,13 @@ def evaluate_plan(sender: LoadedModel, receiver: LoadedModel, plan: RecomputePla
         a_plan = answer(part)
         reuse = partial_prefill(receiver, cap, none, prompt.suffix)
         a_reuse = answer(reuse)
-        q = (lambda a: score(metric, a, row.reference or "")) if labelled else (lambda a: _agree(a, a_full))
+        q = (lambda a: score(metric, a, row.reference or "")) if labelled else (lambda a: agreement(a, a_full))
         per_row.append({
             "context_tokens": len(prompt.prefix),
             "ttft_full_s": full.timings["prefill_s"], "ttft_plan_s": part.timings["prefill_s"],
             "ttft_full_reuse_s": reuse.timings["prefill_s"],
             "quality_full": q(a_full), "quality_plan": q(a_plan), "quality_full_reuse": q(a_reuse),
-            "agreement_plan": _agree(a_plan, a_full), "agreement_full_reuse": _agree(a_reuse, a_full),
+            "agreement_plan": agreement(a_plan, a_full), "agreement_full_reuse": agreement(a_reuse, a_full),
             "first_token_kl_plan": kl_divergence(full.logits, part.logits),
             "first_token_kl_full_reuse": kl_divergence(full.logits, reuse.logits),
             "answer_full": a_full, "answer_plan": a_plan, "answer_full_reuse": a_reuse,

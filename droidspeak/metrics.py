@@ -30,6 +30,12 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def agreement(answer: str, reference_answer: str) -> float:
+    """Label-free quality: token F1 of an answer against the receiver's own full-prefill answer
+    (exact match when that answer is empty)."""
+    return token_f1(answer, reference_answer) if reference_answer.strip() else float(answer == reference_answer)
+
+
 def first_code_line(text: str) -> str:
     """The first non-empty line of a completion, with code fences removed (as LCC scoring does)."""
     for line in text.replace("```python", "\n").replace("```", "\n").splitlines():

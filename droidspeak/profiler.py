@@ -44,7 +44,7 @@ import torch
 
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError
-from .metrics import score, token_f1
+from .metrics import agreement, score
 from .models import LoadedModel
 from .partial import full_prefill
 from .plan import RecomputePlan
@@ -216,9 +216,7 @@ class Profiler:
     def _quality(self, answer: str, row: _Row) -> float:
         if self.labelled:
             return score(self.metric, answer, row.reference or "")
-        if not row.full_answer.strip():
-            return float(answer == row.full_answer)
-        return token_f1(answer, row.full_answer)
+        return agreement(answer, row.full_answer)
 
     def _bar(self, total: int, desc: str):
         from tqdm import tqdm

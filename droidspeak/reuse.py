@@ -16,7 +16,7 @@ from .sender import SenderCapture, capture
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError, IncompatibleModelsError
 from .family import compatibility
-from .metrics import kl_divergence, token_f1
+from .metrics import agreement, kl_divergence
 from .models import LoadedModel
 from .partial import full_prefill, partial_prefill
 from .plan import RecomputePlan
@@ -102,7 +102,7 @@ def run_reuse(sender: LoadedModel, receiver: LoadedModel, prompt: PromptTokens, 
         answer=answer, full_answer=full_answer, ttft_s=part.timings["prefill_s"],
         full_ttft_s=full.timings["prefill_s"], recomputed_layers=part.recomputed_layers,
         first_token_kl=kl_divergence(full.logits, part.logits),
-        answer_f1_vs_full=token_f1(answer, full_answer) if full_answer.strip() else float(answer == full_answer),
+        answer_f1_vs_full=agreement(answer, full_answer),
         plan=str(plan), context_tokens=len(prompt.prefix), prompt_tokens=len(prompt.ids),
         sender=sender.name, receiver=receiver.name,
     )

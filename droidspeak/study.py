@@ -19,7 +19,7 @@ import torch
 
 from .sender import capture
 from .decode import greedy, stop_ids
-from .metrics import kl_divergence, score, token_f1
+from .metrics import agreement, kl_divergence, score
 from .models import LoadedModel
 from .partial import full_prefill, partial_prefill
 from .plan import RecomputePlan
@@ -63,7 +63,7 @@ def sensitivity(sender: LoadedModel, receiver: LoadedModel, rows: list[Example],
             kl = kl_divergence(full.logits, part.logits)
             answer = _answer(receiver, part, max_new_tokens)
             acc[key]["kl"].append(kl)
-            acc[key]["agree"].append(token_f1(answer, full_answer) if full_answer.strip() else float(answer == full_answer))
+            acc[key]["agree"].append(agreement(answer, full_answer))
             if labelled:
                 acc[key]["gold"].append(score(metric, answer, row.reference))
             bar.update(1)
