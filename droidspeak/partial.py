@@ -97,11 +97,7 @@ def partial_prefill(receiver: LoadedModel, cap: SenderCapture, plan: RecomputePl
         cache.layers[layer].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
     t1 = time.perf_counter()
     suffix = list(suffix_ids)
-    if suffix:
-        logits = surface.forward_tokens(torch.tensor([suffix]), cache)
-    else:  # the prompt is the shared prefix: replay its last token for the first logits
-        cache.crop(-1)  # drop the last context token from every layer (transformers 5: negative = remove)
-        logits = surface.forward_tokens(context[:, -1:], cache)
+    logits = surface.first_logits(cache, suffix, context)  # prompt == prefix: replays the last context token
     t2 = time.perf_counter()
     return PrefillResult(cache, logits, n + len(suffix), plan.recomputed_layers,
                          {"recompute_s": t1 - t0, "suffix_s": t2 - t1, "prefill_s": t2 - t0})

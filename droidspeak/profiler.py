@@ -224,15 +224,10 @@ class Profiler:
         return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr)
 
     def _cache(self, row: _Row, plan: RecomputePlan):
-        cache = self.surface.new_cache()
-        src: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        kv = dict(row.kv)
         for s, e in plan.groups:
-            for layer in range(s, e):
-                src[layer] = row.recomputed[s][layer]
-        for layer in range(self.L):
-            k, v = src.get(layer) or row.kv[layer]
-            cache.layers[layer].update(k, v)
-        return cache
+            kv.update({layer: row.recomputed[s][layer] for layer in range(s, e)})
+        return self.surface.cache_from(kv)
 
     # ------------------------------------------------------------------ stage 1: rows
     @torch.inference_mode()
@@ -253,9 +248,7 @@ class Profiler:
             hidden = self.surface.embed(context) if s == 0 else cap.e[s].to(dtype)
             if masks is None:
                 masks = self.surface.prefill_masks(hidden, position_ids)
-            cache = self.surface.new_cache()
-            self.surface.run_layers(hidden, s, self.L, cache, position_ids, masks)
-            recomputed[s] = {layer: (cache.layers[layer].keys, cache.layers[layer].values) for layer in range(s, self.L)}
+            _, recomputed[s] = self.surface.layers_kv(hidden, s, self.L, position_ids, masks)
         self._compute_s += time.perf_counter() - t0
         self._computed_layer_tokens += sum(self.L - s for s in starts) * n
         row = _Row(prompt, reference, {l: (k.to(dtype), v.to(dtype)) for l, (k, v) in cap.kv.items()},

@@ -70,10 +70,8 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
         tc = time.perf_counter()
         if masks is None:
             masks = surface.prefill_masks(hidden, position_ids)
-        scratch = surface.new_cache()
-        out = surface.run_layers(hidden, s, e, scratch, position_ids, masks)
-        for layer in range(s, e):
-            kv[layer] = (scratch.layers[layer].keys, scratch.layers[layer].values)
+        out, fresh = surface.layers_kv(hidden, s, e, position_ids, masks)
+        kv.update(fresh)
         compute_s += time.perf_counter() - tc
         return out
 
@@ -106,16 +104,8 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
         else:
             kv[layer] = got
     t1 = time.perf_counter()
-    cache = surface.new_cache()
-    for layer in range(receiver.num_layers):
-        k, v = kv[layer]
-        cache.layers[layer].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
-    rest = ids[m:]
-    if rest:
-        logits = surface.forward_tokens(torch.tensor([rest]), cache)
-    else:
-        cache.crop(-1)
-        logits = surface.forward_tokens(context[:, -1:], cache)
+    cache = surface.cache_from(kv)
+    logits = surface.first_logits(cache, ids[m:], context)
     t2 = time.perf_counter()
     recomputed = sorted(set(plan.recomputed_layers) | set(range(bottom["upto"])))
     if missing:

@@ -69,6 +69,30 @@ class ModelSurface:
                 hidden = hidden[0]
         return hidden
 
+    def layers_kv(self, hidden: torch.Tensor, start: int, end: int, position_ids: torch.Tensor,
+                  masks: dict[str, Any]) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`run_layers` on a scratch cache: the hidden state after layer ``end-1`` and K/V by layer."""
+        scratch = self.new_cache()
+        out = self.run_layers(hidden, start, end, scratch, position_ids, masks)
+        return out, {i: (scratch.layers[i].keys, scratch.layers[i].values) for i in range(start, end)}
+
+    def cache_from(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+        """A cache holding the given K/V for every layer, on the model's device and in its dtype."""
+        cache = self.new_cache()
+        dev, dtype = self.device, self.dtype
+        for i in range(len(self.layers)):
+            k, v = kv[i]
+            cache.layers[i].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
+        return cache
+
+    def first_logits(self, cache: DynamicCache, rest: list[int], context: torch.Tensor) -> torch.Tensor:
+        """Logits after the prompt: ``rest`` (the tokens after the cached context) run on ``cache``; with
+        nothing after the context, its last token is dropped from the cache and replayed."""
+        if rest:
+            return self.forward_tokens(torch.tensor([list(rest)]), cache)
+        cache.crop(-1)  # transformers 5: a negative count removes that many tokens from every layer
+        return self.forward_tokens(context[:, -1:], cache)
+
     def forward_tokens(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """The model's own forward of ``ids`` ([1, m]) on top of ``cache``; logits of the last token."""
         out = self.lm(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
