@@ -107,9 +107,13 @@ def capture_steps(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
 def capture(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
             e_layers: Iterable[int] | Literal["all"] = (), chunk: int | None = None) -> SenderCapture:
     """Prefill ``token_ids`` with the sender and keep K/V of every layer and E at ``e_layers``."""
-    gen = capture_steps(sender, token_ids, e_layers, chunk)
+    return run_to_end(capture_steps(sender, token_ids, e_layers, chunk))
+
+
+def run_to_end(steps):
+    """Drive a step generator (such as :func:`capture_steps`) to its end; its return value."""
     while True:
         try:
-            next(gen)
+            next(steps)
         except StopIteration as stop:
             return stop.value

@@ -22,7 +22,7 @@ from .partial import PrefillResult, full_prefill, partial_prefill
 from .paths import REPO_DIR
 from .plan import RecomputePlan
 from .prompt import PromptTokens
-from .sender import capture
+from .sender import capture_steps, run_to_end
 from .store.cache import CacheStore, Hit
 from .streamed import prefill_from_store
 
@@ -179,31 +179,55 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens | list
     return Decision("miss", None, RecomputePlan.all(L), "no usable stored prefix")
 
 
+def decide_safely(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens | list[int], **kw: Any) -> Decision:
+    """:func:`decide`, but a bad profile or plan makes a miss (full prefill), never a failed request."""
+    try:
+        return decide(receiver, store, prompt, **kw)
+    except DroidspeakError as e:
+        log.warning("sharing decision failed (%s); full prefill", e)
+        return Decision("miss", None, RecomputePlan.all(receiver.num_layers), f"decision failed: {e}")
+
+
+def prefill_hit(receiver: LoadedModel, store: CacheStore, d: Decision, prompt: PromptTokens) -> PrefillResult:
+    """The receiver's prefill reusing the decision's stored prefix with its plan."""
+    assert d.hit is not None
+    res = prefill_from_store(receiver, store, d.hit, d.plan, prompt)
+    res.info.update({"kind": d.kind, "reason": d.reason, "profile": d.profile})
+    store.stats.bump(f"{d.kind}_hits")
+    return res
+
+
+def full_miss(receiver: LoadedModel, ids: list[int]) -> PrefillResult:
+    """A full prefill that stores nothing."""
+    res = full_prefill(receiver, ids)
+    res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
+    return res
+
+
+def miss_steps(receiver: LoadedModel, store: CacheStore | None, ids: list[int], n: int, chunk: int | None = None):
+    """A miss as one prefill that both answers and is stored: the first ``n`` tokens are captured (K/V
+    and the E this model's pairs need), then the rest runs on top (the same model with nothing
+    recomputed is exactly its own full prefill). A generator that yields between chunks of
+    ``chunk`` tokens and returns the PrefillResult."""
+    e_layers = e_layers_for_sender(receiver.identity, receiver.family.digest) if store is not None else []
+    t0 = time.perf_counter()
+    cap = yield from capture_steps(receiver, ids[:n], e_layers=e_layers, chunk=chunk)
+    res = partial_prefill(receiver, cap, RecomputePlan.none(receiver.num_layers), ids[n:])
+    res.timings["prefill_s"] = time.perf_counter() - t0
+    res.recomputed_layers = list(range(receiver.num_layers))
+    res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
+    if store is not None:
+        res.info["stored_tokens"] = store.put(cap)
+    return res
+
+
 def serve_prefill(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, store_on_miss: bool = True,
                   policy: str = "bandwidth", bandwidth_bytes_s: float | None = None) -> PrefillResult:
     """The receiver's prefill of ``prompt``, sharing through ``store`` where it safely can."""
     if store is not None:
-        try:
-            d = decide(receiver, store, prompt, policy, bandwidth_bytes_s)
-        except DroidspeakError as e:  # a bad profile or plan must not fail the request
-            log.warning("sharing decision failed (%s); full prefill", e)
-            d = Decision("miss", None, RecomputePlan.all(receiver.num_layers), f"decision failed: {e}")
+        d = decide_safely(receiver, store, prompt, policy=policy, bandwidth_bytes_s=bandwidth_bytes_s)
         if d.hit is not None:
-            res = prefill_from_store(receiver, store, d.hit, d.plan, prompt)
-            res.info.update({"kind": d.kind, "reason": d.reason, "profile": d.profile})
-            store.stats.bump(f"{d.kind}_hits")
-            return res
+            return prefill_hit(receiver, store, d, prompt)
     if store is None or not store_on_miss or not prompt.suffix:
-        res = full_prefill(receiver, prompt.ids)
-        res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
-        return res
-    # one prefill of the context that both answers and is stored: capture, then the request on top
-    # (the same model with nothing recomputed is exactly its own full prefill)
-    t0 = time.perf_counter()
-    cap = capture(receiver, list(prompt.prefix), e_layers=e_layers_for_sender(receiver.identity, receiver.family.digest))
-    res = partial_prefill(receiver, cap, RecomputePlan.none(receiver.num_layers), prompt.suffix)
-    res.timings["prefill_s"] = time.perf_counter() - t0
-    res.recomputed_layers = list(range(receiver.num_layers))
-    res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
-    res.info["stored_tokens"] = store.put(cap)
-    return res
+        return full_miss(receiver, prompt.ids)
+    return run_to_end(miss_steps(receiver, store, prompt.ids, len(prompt.prefix)))

@@ -33,13 +33,9 @@ import torch
 from ..decode import stop_ids
 from ..errors import DroidspeakError, UnknownModelError
 from ..models import BASE_NAME, LoadedModel, adapter_identity, load_model, registry, resolve
-from ..partial import partial_prefill
-from ..plan import RecomputePlan
 from ..prompt import PromptTokens
-from ..sender import capture_steps
-from ..sharing import Decision, decide, e_layers_for_sender
+from ..sharing import decide_safely, full_miss, miss_steps, prefill_hit
 from ..store.cache import CacheStore
-from ..streamed import prefill_from_store
 from ..surface import ModelSurface
 from .config import Settings
 from .metrics import Metrics
@@ -345,16 +341,11 @@ class Engine:
         prompt = r.prompt
         self.metrics.queries.labels(r.model).inc(len(prompt.ids))
         if store is not None:
-            try:
-                d = decide(model, store, prompt, policy=s.policy if s.policy in ("bandwidth", "profile") else "load",
-                           waiting=len(self.waiting), slo_s=s.ttft_slo_s, share=s.share,
-                           min_hit_fraction=s.min_hit_fraction)
-            except DroidspeakError as e:
-                log.warning("sharing decision failed (%s); full prefill", e)
-                d = Decision("miss", None, RecomputePlan.all(model.num_layers), str(e))
+            d = decide_safely(model, store, prompt, policy=s.policy if s.policy in ("bandwidth", "profile") else "load",
+                              waiting=len(self.waiting), slo_s=s.ttft_slo_s, share=s.share,
+                              min_hit_fraction=s.min_hit_fraction)
             if d.hit is not None:
-                res = prefill_from_store(model, store, d.hit, d.plan, prompt)
-                res.info.update({"kind": d.kind, "reason": d.reason})
+                res = prefill_hit(model, store, d, prompt)
                 kind = "same_model" if d.kind == "same-model" else "cross_model"
                 self.metrics.hits.labels(r.model, kind).inc(d.hit.tokens)
                 return res
@@ -363,21 +354,8 @@ class Engine:
         ids = prompt.ids
         aligned = (len(ids) - 1) // block * block
         if aligned == 0:
-            from ..partial import full_prefill
-
-            res = full_prefill(model, ids)
-            res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
-            return res
-        e_layers = e_layers_for_sender(model.identity, model.family.digest) if store is not None else []
-        t0 = time.perf_counter()
-        cap = yield from capture_steps(model, ids[:aligned], e_layers=e_layers, chunk=s.prefill_chunk)
-        res = partial_prefill(model, cap, RecomputePlan.none(model.num_layers), ids[aligned:])
-        res.timings["prefill_s"] = time.perf_counter() - t0
-        res.recomputed_layers = list(range(model.num_layers))
-        res.info.update({"kind": "miss", "reused_tokens": 0, "plan": "all"})
-        if store is not None:
-            res.info["stored_tokens"] = store.put(cap)
-        return res
+            return full_miss(model, ids)
+        return (yield from miss_steps(model, store, ids, aligned, chunk=s.prefill_chunk))
 
     # ------------------------------------------------------------------ decode
     def _decode_step(self, g: _Group) -> None:
