@@ -154,13 +154,10 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens | list
     if not share:
         hits = [h for h in hits if h.sender == receiver.identity]
     hits = [h for h in hits if h.tokens >= min_hit_fraction * len(ids)]
-    own = [h for h in hits if h.sender == receiver.identity]
-    best_own = own[0] if own else None
+    own = next((h for h in hits if h.sender == receiver.identity), None)  # hits come longest first
     for h in hits:
-        if h is best_own:
-            return Decision("same-model", h, RecomputePlan.none(L), "the receiver's own stored prefix")
-        if best_own is not None and best_own.tokens >= h.tokens:
-            return Decision("same-model", best_own, RecomputePlan.none(L), "the receiver's own stored prefix")
+        if own is not None and own.tokens >= h.tokens:  # its own prefix is as long: reuse every layer
+            return Decision("same-model", own, RecomputePlan.none(L), "the receiver's own stored prefix")
         prof = find_profile(h.sender, receiver.identity, receiver.family.digest)
         if prof is None:
             continue

@@ -369,11 +369,12 @@ class Engine:
                 g.rebuild(ModelSurface(model.model), room)
         self.metrics.running.labels(g.model).set(len(g.reqs) + len(g.pending))
         if g.reqs:
-            self._decode_slice(g, 0, len(g.reqs))
+            self._decode(g)
 
     @torch.inference_mode()
-    def _decode_slice(self, g: _Group, a: int, b: int) -> None:
-        reqs = g.reqs[a:b]
+    def _decode(self, g: _Group) -> None:
+        """One batched decode step for every request of the group."""
+        reqs = g.reqs
         with self.host.active(g.model) as model:
             surface = ModelSurface(model.model)
             ids = torch.tensor([[r.out[-1]] for r in reqs])
