@@ -9,6 +9,7 @@ prefill and stores its K/V and E for the others. Every fault on the way falls ba
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -36,17 +37,32 @@ def profile_dirs() -> list[Path]:
     return extra + [REPO_DIR / "profiles"]
 
 
+@functools.lru_cache(maxsize=256)
+def _read_profile(path: str, _mtime_ns: int, _size: int) -> dict[str, Any] | None:
+    """A profile file's content, parsed once per version of the file (keyed by mtime and size)."""
+    try:
+        prof = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(prof, dict) or "chosen_plan" not in prof:
+        return None
+    prof["_path"] = path
+    return prof
+
+
 def _profiles(family: str, sender_identity: str):
-    """Every readable profile of this family whose sender is exactly these weights."""
+    """Every readable profile of this family whose sender is exactly these weights.
+
+    Called on every request: files are listed each time (a new or edited profile is seen at once)
+    but parsed only when they change."""
     for d in profile_dirs():
         for p in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
-                prof = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                st = p.stat()
+            except OSError:
                 continue
-            if (isinstance(prof, dict) and "chosen_plan" in prof and prof.get("family") == family
-                    and prof.get("sender_identity") == sender_identity):
-                prof["_path"] = str(p)
+            prof = _read_profile(str(p), st.st_mtime_ns, st.st_size)
+            if prof is not None and prof.get("family") == family and prof.get("sender_identity") == sender_identity:
                 yield prof
 
 
