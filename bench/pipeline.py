@@ -14,7 +14,6 @@ the profile's plans within budget) is run against always using the profile's che
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from common import provenance, write_result  # noqa: E402
 from droidspeak import RecomputePlan, capture, full_prefill, layout  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.reuse import warm_up  # noqa: E402
-from droidspeak.sharing import bandwidth_aware_plan, find_profile, predicted_ttft  # noqa: E402
+from droidspeak.profile import Profile, ProfileIndex  # noqa: E402
 from droidspeak.store import CacheStore, MemoryBackend, ThrottledBackend  # noqa: E402
 from droidspeak.streamed import ORDERS, prefill_from_store  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
@@ -48,21 +47,20 @@ def main() -> int:
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     warm_up(sender, receiver)
-    prof = (json.loads(Path(args.profile).read_text()) if args.profile
-            else find_profile(sender.identity, receiver.identity, receiver.family.digest))
+    prof = (Profile.load(args.profile) if args.profile
+            else ProfileIndex().find(receiver.family.digest, sender.capture_weights.identity, receiver.identity))
     if prof is None:
         print("no profile for this pair in profiles/", file=sys.stderr)
         return 2
     L = receiver.num_layers
-    plan = RecomputePlan.parse(prof["chosen_plan"], L)
+    plan = prof.plan(L)
     order_plan = RecomputePlan.parse(args.plan, L) if args.plan else plan
     row = generate("qa", "heldout", 1, receiver.tokenizer, seed=7, lengths=(args.tokens, args.tokens))[0]
     prompt = layout(receiver.tokenizer, row.context, row.prompt)
     inner = MemoryBackend(None)
-    e_all = sorted({s for spec in [prof["chosen_plan"], str(order_plan), *prof.get("frontier", [])]
-                    for s in RecomputePlan.parse(spec, L).transition_layers})
+    e_all = sorted(prof.transition_layers(L) | set(order_plan.transition_layers))
     CacheStore(inner).put(capture(sender, list(prompt.prefix), e_layers=e_all))
-    full = statistics.median(full_prefill(receiver, prompt.ids).timings["prefill_s"] for _ in range(args.repeats))
+    full = statistics.median(full_prefill(receiver, prompt.ids).timings.prefill_s for _ in range(args.repeats))
     results = []
     for mbs in args.bandwidths_mbs:
         bw = mbs * 1e6
@@ -70,20 +68,21 @@ def main() -> int:
         hit = store.lookup(receiver.family, prompt.prefix)[0]
         entry = {"bandwidth_mb_s": mbs, "full_prefill_s": full, "order_plan": str(order_plan), "orders": {}}
         for order in ORDERS:
-            ts = [prefill_from_store(receiver, store, hit, order_plan, prompt, order).timings["prefill_s"]
+            ts = [prefill_from_store(receiver, store, hit, order_plan, prompt, order).timings.prefill_s
                   for _ in range(args.repeats)]
             entry["orders"][order] = statistics.median(ts)
-        t_small = statistics.median(prefill_from_store(receiver, store, hit, plan, prompt).timings["prefill_s"]
+        t_small = statistics.median(prefill_from_store(receiver, store, hit, plan, prompt).timings.prefill_s
                                     for _ in range(args.repeats))
-        aware, pred = bandwidth_aware_plan(prof, L, hit.tokens, bw, hit.e_layers)
+        aware = prof.fastest(L, hit.tokens, bw, hit.e_layers)
+        pred = prof.predicted(aware, hit.tokens, bw)
         if aware.groups == ((0, L),):
             t_aware = full  # recomputing everything: a full prefill, nothing fetched
         else:
-            t_aware = statistics.median(prefill_from_store(receiver, store, hit, aware, prompt).timings["prefill_s"]
+            t_aware = statistics.median(prefill_from_store(receiver, store, hit, aware, prompt).timings.prefill_s
                                         for _ in range(args.repeats))
         entry.update({"aware_plan": str(aware), "aware_predicted_s": pred, "aware_s": t_aware,
                       "smallest_plan_s": t_small,
-                      "smallest_predicted_s": predicted_ttft(plan, hit.tokens, prof["cost_model"], bw)})
+                      "smallest_predicted_s": prof.predicted(plan, hit.tokens, bw)})
         print(f"{mbs:>7g} MB/s  full {full:.2f}s  " + "  ".join(f"{o} {t:.2f}s" for o, t in entry["orders"].items())
               + f"  | aware {aware} {t_aware:.2f}s vs smallest {plan} {t_small:.2f}s", flush=True)
         results.append(entry)

@@ -49,9 +49,9 @@ def main() -> int:
         cap = capture(sender, list(p.prefix), e_layers=sorted({l for pl in plans for l in pl.transition_layers}))
         times: dict[str, list[float]] = {"full_prefill": []} | {str(pl): [] for pl in plans}
         for _ in range(args.repeats):
-            times["full_prefill"].append(full_prefill(receiver, p.ids).timings["prefill_s"])
+            times["full_prefill"].append(full_prefill(receiver, p.ids).timings.prefill_s)
             for pl in plans:
-                times[str(pl)].append(partial_prefill(receiver, cap, pl, p.suffix).timings["prefill_s"])
+                times[str(pl)].append(partial_prefill(receiver, cap, pl, p.suffix).timings.prefill_s)
         full = statistics.median(times["full_prefill"])
         entry = {"context_tokens": len(p.prefix), "suffix_tokens": len(p.suffix), "full_prefill_s": full, "plans": []}
         for pl in plans:

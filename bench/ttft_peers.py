@@ -75,10 +75,10 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in ("full_prefill", "full_reuse", "plan", "same_model_hit",
                                                           "hf_generate", "llamacpp")}
         for _ in range(args.repeats):
-            times["full_prefill"].append(full_prefill(receiver, p.ids).timings["prefill_s"])
-            times["full_reuse"].append(partial_prefill(receiver, cap, RecomputePlan.none(L), p.suffix).timings["prefill_s"])
-            times["plan"].append(partial_prefill(receiver, cap, plan, p.suffix).timings["prefill_s"])
-            times["same_model_hit"].append(partial_prefill(receiver, own, RecomputePlan.none(L), p.suffix).timings["prefill_s"])
+            times["full_prefill"].append(full_prefill(receiver, p.ids).timings.prefill_s)
+            times["full_reuse"].append(partial_prefill(receiver, cap, RecomputePlan.none(L), p.suffix).timings.prefill_s)
+            times["plan"].append(partial_prefill(receiver, cap, plan, p.suffix).timings.prefill_s)
+            times["same_model_hit"].append(partial_prefill(receiver, own, RecomputePlan.none(L), p.suffix).timings.prefill_s)
             t0 = time.perf_counter()
             with torch.inference_mode():
                 receiver.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,

@@ -15,9 +15,14 @@ _EXPORTS = {
     "DroidspeakError": "errors",
     "Compatibility": "family", "FamilyFingerprint": "family", "compatibility": "family",
     "LoadedModel": "models", "load_model": "models",
-    "PrefillResult": "partial", "full_prefill": "partial", "partial_prefill": "partial",
+    "full_prefill": "partial", "partial_prefill": "partial",
+    "PrefillResult": "result", "ReuseInfo": "result",
     "RecomputePlan": "plan",
+    "Profile": "profile",
     "PromptTokens": "prompt", "layout": "prompt",
+    "ShareOptions": "sharing", "serve_prefill": "sharing",
+    "Exactness": "exact", "WeightSummary": "exact", "exactness": "exact",
+    "ShareKind": "kinds", "ModelKind": "kinds",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -58,26 +58,36 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_compat(args: argparse.Namespace) -> int:
     from .family import compatibility
     from .models import load_model
+    from .reuse import pair_exactness
 
     a, b = load_model(args.sender), load_model(args.receiver)
     v = compatibility(a.family, b.family)
+    ex = pair_exactness(a, b) if v.ok else None
     data = {"sender": a.name, "receiver": b.name, "ok": v.ok, "reason": v.reason,
-            "sender_identity": a.identity, "receiver_identity": b.identity, "family": a.family.digest}
-    _emit(args, data, f"{a.name} -> {b.name}: " + ("may share caches" if v.ok else v.reason))
+            "sender_identity": a.identity, "receiver_identity": b.identity, "family": a.family.digest,
+            "exact": ex.to_dict() if ex else None}
+    if not v.ok:
+        text = f"{a.name} -> {b.name}: {v.reason}"
+    elif ex is not None and ex.exact:
+        text = (f"{a.name} -> {b.name}: may share caches; exact ({ex.kind.value}, plan {ex.plan}): {ex.reason}"
+                + ("; holds for requests whose activation point lies after the shared context"
+                   if ex.needs_activation_after_context else ""))
+    else:
+        text = f"{a.name} -> {b.name}: may share caches, through a profile (not exact: {ex.reason if ex else '-'})"
+    _emit(args, data, text)
     return 0 if v.ok else 1
 
 
 def cmd_reuse(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .plan import RecomputePlan
-    from .reuse import profile_checker, prompt_for, require_shareable, run_reuse, warm_up
+    from .reuse import parse_plan, prompt_for, require_shareable, run_reuse, warm_up
 
     if not 1 <= args.max_new_tokens <= 4096:
         raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
     context = _read_context(args.context)
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     require_shareable(sender, receiver)
-    plan = RecomputePlan.parse(args.plan, receiver.num_layers, profile_checker(sender, receiver))
+    plan = parse_plan(args.plan, sender, receiver)
     prompt = prompt_for(sender, receiver, context, args.prompt)
     max_pos = getattr(receiver.config, "max_position_embeddings", None)
     if max_pos and len(prompt.ids) + args.max_new_tokens > max_pos:
@@ -179,11 +189,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     import time
 
     from .models import load_model
-    from .profiler import Profiler, profile_command, write_profile
-    from .reuse import prompt_for
+    from .profiler import Profiler, exact_profile, profile_command, write_profile
+    from .reuse import pair_exactness, prompt_for, require_shareable
     from .variants import answer_length
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)
+    require_shareable(sender, receiver)
+    ex = pair_exactness(sender, receiver)
+    if ex.exact and not args.calibrate:  # proven from the weights: nothing to measure
+        prof = exact_profile(sender, receiver, ex) | {"command": profile_command()}
+        files = write_profile(prof, Path(args.out), plots=False)
+        _emit(args, prof | {"files": files}, f"{sender.name} -> {receiver.name}: exact ({ex.kind.value}), plan "
+              f"{ex.plan}, proven from the weights without calibrating: {ex.reason}\nwrote {files['profile']}")
+        return 0
     rows, task_metric, source = _load_rows(args, receiver, "calib")
     metric = None
     if args.quality == "gold":
@@ -217,12 +235,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_plan
     from .models import load_model
-    from .plan import RecomputePlan
-    from .reuse import profile_checker
+    from .reuse import parse_plan
     from .variants import answer_length
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)
-    plan = RecomputePlan.parse(args.plan, receiver.num_layers, profile_checker(sender, receiver))
+    plan = parse_plan(args.plan, sender, receiver)
     rows, metric, source = _load_rows(args, receiver, "heldout")
     if args.label_free or any(r.reference is None for r in rows):
         metric = None
@@ -264,20 +281,21 @@ def _read_context(path: str) -> str:
 
 def cmd_prefill(args: argparse.Namespace) -> int:
     """A sender node: prefill a context and store its K/V and the E other models need."""
-    from .models import load_model
+    from .models import load_model, registered_peers
     from .prompt import layout
     from .sender import capture
-    from .sharing import e_layers_for_sender
+    from .sharing import needed_e_layers
 
     model = load_model(args.model)
     store = _open_store(args)
     prefix = layout(model.tokenizer, _read_context(args.context)).prefix
-    e_layers = e_layers_for_sender(model.identity, model.family.digest)
+    e_layers = needed_e_layers(model, registered_peers(model))
     cap = capture(model, list(prefix), e_layers=e_layers)
     n = store.put(cap)
     if n == 0:
         raise DroidspeakError("nothing was stored (context shorter than one block, or the store refused the write)")
-    data = {"model": model.name, "identity": model.identity, "context_tokens": len(prefix), "stored_tokens": n,
+    data = {"model": model.name, "identity": model.identity, "stored_as": cap.sender_identity,
+            "context_tokens": len(prefix), "stored_tokens": n,
             "e_layers": e_layers, "bytes": cap.nbytes(), "store": args.store, "namespace": args.namespace}
     _emit(args, data, f"{model.name} stored {n} of {len(prefix)} context tokens (K/V of {model.num_layers} layers, "
                       f"E at {e_layers or 'no layers'}) in {args.store}")
@@ -286,23 +304,24 @@ def cmd_prefill(args: argparse.Namespace) -> int:
 
 def cmd_answer(args: argparse.Namespace) -> int:
     """A receiver node: answer a request, reusing whatever the store holds for this context."""
-    from .decode import greedy, stop_ids
-    from .models import load_model
+    from .decode import greedy_text
+    from .models import load_model, registered_peers
     from .prompt import layout
-    from .sharing import serve_prefill
+    from .sharing import ShareOptions, serve_prefill
 
     model = load_model(args.model)
     store = _open_store(args)
     prompt = layout(model.tokenizer, _read_context(args.context), args.prompt)
-    res = serve_prefill(model, store, prompt, store_on_miss=not args.no_store, policy=args.policy)
-    toks = greedy(model.model, res.cache, res.logits, args.max_new_tokens, stop_ids(model.tokenizer))
-    answer = model.tokenizer.decode(toks, skip_special_tokens=True)
-    data = {"model": model.name, "answer": answer, "ttft_s": res.timings["prefill_s"],
+    opts = ShareOptions(policy=args.policy, store_on_miss=not args.no_store, room=args.max_new_tokens)
+    res = serve_prefill(model, store, prompt, opts, peers=registered_peers(model))
+    answer = greedy_text(model, res, args.max_new_tokens)
+    info = res.info
+    data = {"model": model.name, "answer": answer, "ttft_s": res.timings.prefill_s,
             "recomputed_layers": res.recomputed_layers, "prompt_tokens": len(prompt.ids),
-            "store_stats": dict(store.stats.counts)} | {k: v for k, v in res.info.items()}
-    _emit(args, data, f"{answer}\n-- {res.info.get('kind')}: reused {res.info.get('reused_tokens', 0)} tokens"
-                      f"{' from ' + res.info['sender'][:12] if res.info.get('sender') else ''}, plan {res.info.get('plan')}, "
-                      f"{len(res.recomputed_layers)}/{model.num_layers} layers recomputed, TTFT {res.timings['prefill_s']:.3f}s")
+            "store_stats": dict(store.stats.counts)} | info.to_dict()
+    _emit(args, data, f"{answer}\n-- {info.kind.value}: reused {info.reused_tokens} tokens"
+                      f"{' from ' + info.sender[:12] if info.sender else ''}, plan {info.plan}, "
+                      f"{len(res.recomputed_layers)}/{model.num_layers} layers recomputed, TTFT {res.timings.prefill_s:.3f}s")
     return 0
 
 
@@ -341,6 +360,16 @@ def build_app(s):
     return create_app(Engine(host, store, s))
 
 
+def cmd_store_server(args: argparse.Namespace) -> int:
+    """Run a Redis-protocol server for the shared tier (the system's redis-server, else the bundled valkey-server)."""
+    from .store.server import run_foreground, server_command
+
+    cmd = server_command(args.port, args.bind, args.dir, args.persist)
+    print(f"starting {cmd[0]} on {args.bind}:{args.port} (Ctrl-C stops it); nodes use --store redis://{args.bind}:"
+          f"{args.port}", file=sys.stderr, flush=True)
+    return run_foreground(args.port, args.bind, args.dir, args.persist)
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from . import variants
 
@@ -352,20 +381,20 @@ def cmd_variants(args: argparse.Namespace) -> int:
               + "\npairs (sender -> receiver): " + ", ".join(f"{s} -> {r}" for s, r in variants.PAIRS))
         return 0
     if args.variants_cmd == "train":
-        out = variants.train(args.name, Path(args.out) if args.out else None, args.steps, progress=not args.json)
+        out = variants.train(args.name, args.adapter, Path(args.out) if args.out else None, args.steps,
+                             progress=not args.json)
         meta = json.loads((out / "droidspeak.json").read_text())
         _emit(args, {"adapter": str(out), "train_wall_s": meta["train_wall_s"], "final_loss": meta["loss_curve"][-1]},
               f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
         return 0
     if args.variants_cmd == "eval":
-        res = variants.evaluate(args.name, args.n, progress=not args.json)
+        res = variants.evaluate(args.names, args.n, progress=not args.json, lengths=(args.min_tokens, args.max_tokens))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(res, indent=1))
         summary = {k: v for k, v in res.items() if k != "per_row"}
-        _emit(args, summary, f"{res['variant']} on held-out {res['task']} ({res['rows']} rows, "
-              f"{res['min_tokens']}-{res['max_tokens']} tokens), {res['metric']}: variant "
-              f"{res['variant_score']:.3f} vs base {res['base_score']:.3f}")
+        _emit(args, summary, f"held-out {res['task']} ({res['rows']} rows, {res['min_tokens']}-{res['max_tokens']} "
+              f"tokens), {res['metric']}: " + ", ".join(f"{k} {v:.3f}" for k, v in res["scores"].items()))
         return 0
     raise DroidspeakError("use: droidspeak variants {list,train,eval}")
 
@@ -415,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--receiver", required=True, help="model that answers reusing it (name or path)")
     sp.add_argument("--context", required=True, help="file holding the shared context")
     sp.add_argument("--prompt", required=True, help="the receiver's request about the context")
-    sp.add_argument("--plan", default="all", help="none | all | S:E[,S:E...] | profile:PATH (default: all)")
+    sp.add_argument("--plan", default="all", help="none | all | S:E[,S:E...] | profile:PATH | exact (the plan the "
+                                                  "weights prove exact for this pair) (default: all)")
     sp.add_argument("--max-new-tokens", type=int, default=32)
 
     sp = add("study", "studies of the algorithm (sensitivity: the paper's Fig. 7)", cmd_study)
@@ -439,12 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--json", action="store_true")
     vt = vsub.add_parser("train", help="train a variant's LoRA adapter from its recipe")
     vt.add_argument("name")
+    vt.add_argument("--adapter", default="lora", help="lora (every layer), alora (activated: exact reuse of the base's "
+                                                     "context), top:K (layers K+ only: exact with plan K:L)")
     vt.add_argument("--steps", type=int, help="override the recipe's step count")
     vt.add_argument("--out", help="adapter folder (default adapters/NAME)")
     vt.add_argument("--json", action="store_true")
-    ve = vsub.add_parser("eval", help="score a variant against the base on its task's held-out rows")
-    ve.add_argument("name")
-    ve.add_argument("--n", type=int, default=40)
+    ve = vsub.add_parser("eval", help="score variants of one task and their base on the same held-out rows")
+    ve.add_argument("names", nargs="+", metavar="NAME")
+    ve.add_argument("--n", type=int, default=30)
+    ve.add_argument("--min-tokens", type=int, default=1024)
+    ve.add_argument("--max-tokens", type=int, default=4096)
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
     ve.add_argument("--json", action="store_true")
 
@@ -462,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--search-budget", type=int, default=40, help="multi-group plans to measure (default 40)")
     sp.add_argument("--max-minutes", type=float, default=30.0, help="stop searching early past this (default 30)")
     sp.add_argument("--out", required=True, help="profile JSON to write (plots go beside it)")
+    sp.add_argument("--calibrate", action="store_true",
+                    help="measure even a pair the weights prove exact (default: write the proven plan)")
 
     sp = add("eval", "evaluate a plan on rows: full prefill vs plan vs full reuse, quality and TTFT", cmd_eval)
     sp.add_argument("--sender", required=True)
@@ -485,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "answer":
             sp.add_argument("--prompt", required=True)
             sp.add_argument("--max-new-tokens", type=int, default=32)
-            sp.add_argument("--policy", choices=["bandwidth", "profile"], default="bandwidth",
+            sp.add_argument("--policy", choices=["bandwidth", "profile", "load"], default="bandwidth",
                             help="plan choice: lowest predicted TTFT within budget (default) or the profile's")
             sp.add_argument("--no-store", action="store_true", help="do not store this model's prefill on a miss")
 
@@ -500,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--namespace", help="deployment namespace inside the store")
     sp.add_argument("--api-key", help="require this bearer key (or DROIDSPEAK_API_KEY)")
     sp.add_argument("--print-settings", action="store_true", help="print the settings table and exit")
+
+    sp = add("store-server", "run a Redis-protocol server for the shared store tier (no root needed)",
+             cmd_store_server, json_flag=False)
+    sp.add_argument("--port", type=int, default=6379)
+    sp.add_argument("--bind", default="127.0.0.1", help="address to listen on (another address: a private network)")
+    sp.add_argument("--dir", help="working directory for the server's files")
+    sp.add_argument("--persist", action="store_true", help="keep snapshots on disk (default: memory only)")
 
     sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
     sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])

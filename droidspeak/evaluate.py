@@ -20,6 +20,7 @@ from .metrics import agreement, kl_divergence, score
 from .models import LoadedModel
 from .partial import full_prefill, partial_prefill
 from .plan import RecomputePlan
+from .prompt import PromptTokens
 from .reuse import prompt_for, require_shareable, warm_up
 from .sender import capture
 from .tasks import Example
@@ -27,7 +28,9 @@ from .tasks import Example
 
 @torch.inference_mode()
 def evaluate_plan(sender: LoadedModel, receiver: LoadedModel, plan: RecomputePlan, rows: list[Example],
-                  metric: str | None = None, max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
+                  metric: str | None = None, max_new_tokens: int = 24, progress: bool = True,
+                  prompts: list[PromptTokens] | None = None) -> dict[str, Any]:
+    """Evaluate ``plan`` on ``rows`` (laid out by the receiver's tokenizer, or given as ``prompts``)."""
     from tqdm import tqdm
 
     require_shareable(sender, receiver)
@@ -42,26 +45,25 @@ def evaluate_plan(sender: LoadedModel, receiver: LoadedModel, plan: RecomputePla
     warm_up(sender, receiver)
 
     def answer(res) -> str:
-        return receiver.tokenizer.decode(greedy(receiver.model, res.cache, res.logits, max_new_tokens, stops),
-                                         skip_special_tokens=True)
+        return receiver.detokenize(greedy(receiver, res, max_new_tokens, stops))
 
     per_row = []
-    for row in tqdm(rows, desc=f"eval {plan}", disable=not progress, file=sys.stderr):
-        prompt = prompt_for(sender, receiver, row.context, row.prompt)
+    for i, row in enumerate(tqdm(rows, desc=f"eval {plan}", disable=not progress, file=sys.stderr)):
+        prompt = prompts[i] if prompts is not None else prompt_for(sender, receiver, row.context, row.prompt)
         if max_pos and len(prompt.ids) + max_new_tokens > max_pos:
             raise DroidspeakError(f"a row of {len(prompt.ids)} tokens exceeds the receiver's context of {max_pos}")
         cap = capture(sender, list(prompt.prefix), e_layers=plan.transition_layers)
-        full = full_prefill(receiver, prompt.ids)
+        full = full_prefill(receiver, prompt.ids, room=max_new_tokens)
         a_full = answer(full)
-        part = partial_prefill(receiver, cap, plan, prompt.suffix)
+        part = partial_prefill(receiver, cap, plan, prompt.suffix, room=max_new_tokens)
         a_plan = answer(part)
-        reuse = partial_prefill(receiver, cap, none, prompt.suffix)
+        reuse = partial_prefill(receiver, cap, none, prompt.suffix, room=max_new_tokens)
         a_reuse = answer(reuse)
         q = (lambda a: score(metric, a, row.reference or "")) if labelled else (lambda a: agreement(a, a_full))
         per_row.append({
             "context_tokens": len(prompt.prefix),
-            "ttft_full_s": full.timings["prefill_s"], "ttft_plan_s": part.timings["prefill_s"],
-            "ttft_full_reuse_s": reuse.timings["prefill_s"],
+            "ttft_full_s": full.timings.prefill_s, "ttft_plan_s": part.timings.prefill_s,
+            "ttft_full_reuse_s": reuse.timings.prefill_s,
             "quality_full": q(a_full), "quality_plan": q(a_plan), "quality_full_reuse": q(a_reuse),
             "agreement_plan": agreement(a_plan, a_full), "agreement_full_reuse": agreement(a_reuse, a_full),
             "first_token_kl_plan": kl_divergence(full.logits, part.logits),

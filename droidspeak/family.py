@@ -27,11 +27,15 @@ class FamilyFingerprint:
     rope: str  # canonical JSON of the RoPE parameters (type, theta, scaling)
     vocab_size: int
     tokenizer_hash: str  # hash of the vocabulary and special tokens
+    attention: str = ""  # per-layer attention kinds and sliding window, where any layer slides ("": all full)
 
     @property
     def digest(self) -> str:
         """Short stable hex digest of the fingerprint (used in store keys and profiles)."""
-        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        d = asdict(self)
+        if not d["attention"]:  # all-full-attention families keep the digest they always had
+            del d["attention"]
+        payload = json.dumps(d, sort_keys=True).encode()
         return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -39,7 +43,7 @@ class FamilyFingerprint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FamilyFingerprint":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +67,22 @@ _FIELD_NAMES = {
     "rope": "RoPE settings",
     "vocab_size": "vocabulary size",
     "tokenizer_hash": "tokenizer",
+    "attention": "attention layout (sliding windows)",
 }
 
 
 def compatibility(a: FamilyFingerprint, b: FamilyFingerprint) -> Compatibility:
     """Decide whether models of families ``a`` and ``b`` may share KV/E caches.
 
-    Pure and total: no I/O, never raises. The reason names every field that differs.
+    Pure and total: no I/O, never raises. The reason names every field that differs, or the
+    architecture that droidspeak's model surface does not know (then nothing may run at all).
     """
+    from .surface import unsupported_reason
+
+    for arch in dict.fromkeys((a.architecture, b.architecture)):
+        why = unsupported_reason(arch)
+        if why:
+            return Compatibility(False, why)
     diffs = []
     for f in fields(FamilyFingerprint):
         va, vb = getattr(a, f.name), getattr(b, f.name)
@@ -105,6 +117,20 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+def attention_layout(config: Any) -> str:
+    """Canonical JSON of the per-layer attention kinds and the sliding window, "" when every layer
+    attends to the whole context."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    try:
+        kinds, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    except (AttributeError, TypeError, ValueError, KeyError):  # a layout transformers cannot say: no sharing anyway
+        return json.dumps({"unknown": type(config).__name__})
+    if all(k == "full_attention" for k in kinds):
+        return ""
+    return json.dumps({"layers": list(kinds), "sliding_window": getattr(config, "sliding_window", None)})
+
+
 def fingerprint(config: Any, tok_hash: str) -> FamilyFingerprint:
     """Family fingerprint of a transformers config and a tokenizer hash."""
     archs = getattr(config, "architectures", None) or [type(config).__name__.replace("Config", "ForCausalLM")]
@@ -120,4 +146,5 @@ def fingerprint(config: Any, tok_hash: str) -> FamilyFingerprint:
         rope=rope_settings(config),
         vocab_size=int(config.vocab_size),
         tokenizer_hash=tok_hash,
+        attention=attention_layout(config),
     )

@@ -1,16 +1,10 @@
-"""The receiver's partial prefill (DroidSpeak's core).
+"""The receiver's prefill: its own full prefill, and DroidSpeak's partial prefill over a capture.
 
-Given a sender's capture of a context (n tokens) and a recompute plan, the receiver's cache is
-assembled layer by layer:
-
-* reused layer ``l``: the sender's K/V, as they are (same positions 0..n-1, so post-RoPE keys fit);
-* group ``[s, e)``: the receiver's own layers s..e-1 run over all n context tokens from the
-  sender's E at ``s`` (the receiver's own embeddings when ``s == 0``), causal mask, positions
-  0..n-1; their fresh K/V replace the sender's. Hidden states of reused layers are never computed.
-
-Then the receiver's own suffix runs through all of its layers on the mixed cache and decoding goes
-on as usual. When the prompt is exactly the shared prefix, the cache is cut to n-1 tokens and the
-last prompt token is replayed through every layer to produce the first logits.
+A partial prefill assembles the receiver's context cache from the sender's capture and a plan
+(:func:`droidspeak.assemble.assemble`), writes it into a cache preallocated for the whole request
+(:func:`finish_prefill`), then runs the receiver's own suffix through all of its layers on that
+cache; decoding goes on in place. When the prompt is exactly the shared prefix, the context's last
+token is left out of the cache and replayed through every layer to produce the first logits.
 
 NOTE: with every layer recomputed, the result equals the receiver's own full prefill; with
 sender == receiver and nothing recomputed, it equals it too. tests/test_partial.py checks both.
@@ -19,30 +13,20 @@ sender == receiver and nothing recomputed, it equals it too. tests/test_partial.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from .sender import SenderCapture
+from .assemble import Assembly, CaptureSource, assemble
 from .errors import DroidspeakError, IncompatibleModelsError
+from .exact import activation_point
 from .family import compatibility
+from .kinds import ShareKind
 from .models import LoadedModel
 from .plan import RecomputePlan
-from .surface import ModelSurface
+from .result import PrefillResult, ReuseInfo, Timings
+from .sender import SenderCapture
 
-
-@dataclass(slots=True)
-class PrefillResult:
-    """A receiver cache covering the prompt, and the logits of the prompt's last token."""
-
-    cache: DynamicCache
-    logits: torch.Tensor  # [vocab]
-    num_prompt_tokens: int
-    recomputed_layers: list[int] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)  # what was reused from whom, fallbacks
+DEFAULT_ROOM = 256  # tokens a prefill's cache keeps free for decoding unless told otherwise
 
 
 def check_shareable(receiver: LoadedModel, cap: SenderCapture) -> None:
@@ -52,52 +36,73 @@ def check_shareable(receiver: LoadedModel, cap: SenderCapture) -> None:
 
 
 @torch.inference_mode()
-def full_prefill(model: LoadedModel, prompt_ids: list[int]) -> PrefillResult:
+def finish_prefill(receiver: LoadedModel, assembly: Assembly, prompt_ids: list[int], room: int = DEFAULT_ROOM,
+                   activation_at: int | None = None, cache: object | None = None) -> tuple[object, torch.Tensor, float]:
+    """Write an assembled context into a cache preallocated for the prompt and ``room`` more tokens
+    (or into ``cache``, a preallocated one reused: reset, then written in place, so its buffers keep
+    their addresses for CUDA graphs), then run the rest of the prompt on it. Returns the cache, the
+    last prompt token's logits ``[vocab]`` and the seconds the rest took."""
+    surface = receiver.surface
+    n = assembly.tokens
+    rest = list(prompt_ids[n:])
+    keep = n if rest else n - 1  # prompt == context: leave its last token out and replay it
+    if not rest:
+        rest = [prompt_ids[n - 1]]
+    if cache is None:
+        cache = surface.new_cache(len(prompt_ids) + room)
+    else:
+        cache.reset()
+    for layer in range(receiver.num_layers):
+        k, v = assembly.kv[layer]
+        surface.write_kv(cache, layer, k[:, :, :keep], v[:, :, :keep])
+    t = time.perf_counter()
+    logits = surface.forward_tokens(torch.tensor([rest]), cache, activation_at)
+    return cache, logits, time.perf_counter() - t
+
+
+@torch.inference_mode()
+def full_prefill(model: LoadedModel, prompt_ids: list[int], room: int = DEFAULT_ROOM) -> PrefillResult:
     """The model's own prefill of the whole prompt (the baseline DroidSpeak is measured against)."""
-    surface = ModelSurface(model.model)
-    cache = surface.new_cache()
+    surface = model.surface
+    at = activation_point(prompt_ids, model.activation)
+    cache = surface.new_cache(len(prompt_ids) + room)
     t0 = time.perf_counter()
-    logits = surface.forward_tokens(torch.tensor([list(prompt_ids)]), cache)
+    logits = surface.forward_tokens(torch.tensor([list(prompt_ids)]), cache, at)
     dt = time.perf_counter() - t0
-    return PrefillResult(cache, logits, len(prompt_ids), list(range(model.num_layers)), {"prefill_s": dt})
+    return PrefillResult(cache, logits, list(range(model.num_layers)), ReuseInfo(ShareKind.MISS),
+                         Timings(prefill_s=dt, recompute_s=dt), at)
 
 
 @torch.inference_mode()
 def partial_prefill(receiver: LoadedModel, cap: SenderCapture, plan: RecomputePlan,
-                    suffix_ids: list[int] | tuple[int, ...] = ()) -> PrefillResult:
-    """Build the receiver's cache from the sender's capture and ``plan``, then run ``suffix_ids``."""
+                    suffix_ids: list[int] | tuple[int, ...] = (), room: int = DEFAULT_ROOM,
+                    kind: ShareKind = ShareKind.PROFILED, assemble_all: bool = False,
+                    cache: object | None = None) -> PrefillResult:
+    """Build the receiver's cache from the sender's capture and ``plan``, then run ``suffix_ids``.
+
+    A plan that recomputes every layer reuses nothing: it is the receiver's own prefill of the
+    whole prompt, run as one forward (``assemble_all`` forces the layer-by-layer assembly, which
+    gives the same cache: the tests check both)."""
     check_shareable(receiver, cap)
     if plan.num_layers != receiver.num_layers:
         raise DroidspeakError(f"plan is for {plan.num_layers} layers, receiver has {receiver.num_layers}")
+    if plan.groups == ((0, plan.num_layers),) and not assemble_all and cap.num_tokens:
+        res = full_prefill(receiver, list(cap.token_ids) + list(suffix_ids), room)
+        res.info = ReuseInfo(kind, 0, cap.sender_identity, str(plan))
+        return res
     missing = cap.missing(plan.reused_layers, plan.transition_layers)
     if missing:
         raise DroidspeakError(f"sender capture lacks {', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}")
-    n = cap.num_tokens
-    if n == 0:
+    if cap.num_tokens == 0:
         raise DroidspeakError("cannot reuse an empty context")
     bad = cap.shape_errors(plan.reused_layers, plan.transition_layers)
     if bad:  # never run on a cache that does not belong to these tokens
         raise DroidspeakError(f"sender capture is inconsistent: {bad[0]}")
-    surface = ModelSurface(receiver.model)
-    dtype = surface.dtype
+    ids = list(cap.token_ids) + list(suffix_ids)
+    at = activation_point(ids, receiver.activation)
     t0 = time.perf_counter()
-    cache = surface.new_cache()
-    dev = surface.device
-    position_ids = torch.arange(n, device=dev).unsqueeze(0)  # [1, n]: the prefix sits at positions 0..n-1 in both models
-    context = torch.tensor([list(cap.token_ids)], device=dev)
-    masks: dict[str, Any] | None = None
-    for s, e in plan.groups:
-        # hidden: [1, n, hidden] entering layer s
-        hidden = surface.embed(context) if s == 0 else cap.e[s].to(device=dev, dtype=dtype)
-        if masks is None:
-            masks = surface.prefill_masks(hidden, position_ids)
-        surface.run_layers(hidden, s, e, cache, position_ids, masks)
-    for layer in plan.reused_layers:
-        k, v = cap.kv[layer]  # [1, kv_heads, n, head_dim]
-        cache.layers[layer].update(k.to(device=dev, dtype=dtype), v.to(device=dev, dtype=dtype))
-    t1 = time.perf_counter()
-    suffix = list(suffix_ids)
-    logits = surface.first_logits(cache, suffix, context)  # prompt == prefix: replays the last context token
-    t2 = time.perf_counter()
-    return PrefillResult(cache, logits, n + len(suffix), plan.recomputed_layers,
-                         {"recompute_s": t1 - t0, "suffix_s": t2 - t1, "prefill_s": t2 - t0})
+    asm = assemble(receiver.surface, cap.token_ids, plan, CaptureSource(cap))
+    cache, logits, suffix_s = finish_prefill(receiver, asm, ids, room, at, cache)
+    info = ReuseInfo(kind, cap.num_tokens, cap.sender_identity, str(plan))
+    return PrefillResult(cache, logits, asm.recomputed, info,
+                         Timings(time.perf_counter() - t0, asm.compute_s, suffix_s), at)

@@ -11,9 +11,8 @@ Text form: ``none``, ``all``, ``S:E[,S:E...]`` (a bare ``S`` means ``S:S+1``), o
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import PlanError
@@ -62,11 +61,11 @@ class RecomputePlan:
         return cls(((0, num_layers),), num_layers)
 
     @classmethod
-    def parse(cls, text: str, num_layers: int, profile_check: Any = None) -> "RecomputePlan":
+    def parse(cls, text: str, num_layers: int, profile_check: Callable[[Any], None] | None = None) -> "RecomputePlan":
         """Parse ``none``, ``all``, ``S:E[,S:E]`` or ``profile:PATH``.
 
-        ``profile_check`` (optional) is called with the profile's dict before its plan is used, and
-        raises when the profile does not belong to the models at hand.
+        ``profile_check`` (optional) is called with the :class:`~droidspeak.profile.Profile` before
+        its plan is used, and raises when the profile does not belong to the models at hand.
         """
         t = text.strip().lower()
         if t == "none":
@@ -74,10 +73,12 @@ class RecomputePlan:
         if t == "all":
             return cls.all(num_layers)
         if text.strip().startswith("profile:"):
-            profile = load_profile(text.strip()[len("profile:"):])
+            from .profile import Profile
+
+            profile = Profile.load(text.strip()[len("profile:"):])
             if profile_check is not None:
                 profile_check(profile)
-            return cls.parse(str(profile["chosen_plan"]), num_layers)
+            return profile.plan(num_layers)
         groups = []
         for part in t.split(","):
             part = part.strip()
@@ -122,15 +123,3 @@ class RecomputePlan:
             return "all"
         return ",".join(f"{s}:{e}" for s, e in self.groups)
 
-
-def load_profile(path: str) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"profile not found: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"profile {p} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or "chosen_plan" not in data:
-        raise PlanError(f"profile {p} has no 'chosen_plan'")
-    return data

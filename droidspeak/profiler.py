@@ -42,49 +42,25 @@ from typing import Any
 
 import torch
 
+from .assemble import Assembly, CaptureSource, assemble, layer_runner
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError
+from .exact import activation_point
 from .metrics import agreement, score
 from .models import LoadedModel
-from .partial import full_prefill
+from .partial import finish_prefill, full_prefill
 from .plan import RecomputePlan
+from .profile import PROFILE_FORMAT, CostModel
 from .prompt import PromptTokens
+from .kinds import ShareKind
+from .result import PrefillResult, ReuseInfo
 from .reuse import require_shareable
-from .sender import capture
-from .surface import ModelSurface
+from .sender import SenderCapture, capture
+from .surface import KV
 
-PROFILE_FORMAT = "droidspeak-profile/1"
 DEFAULT_BUDGET = 0.01
 DEFAULT_GRANULARITY = 2
 DEFAULT_BANDWIDTH_GBPS = 10.0  # a commodity datacenter link; the store issue measures the real one
-
-
-# ----------------------------------------------------------------------------- cost
-@dataclass(frozen=True, slots=True)
-class CostModel:
-    """Predicted prefill time of a plan: recomputed layers plus the bytes it fetches.
-
-    ``layer_s_per_token``: the receiver's compute time per layer per context token (measured).
-    ``bandwidth_bytes_s``: the link the sender's caches come over; ``None`` means they are local.
-    Fetch and compute are added (no overlap assumed); pipelining can only do better.
-    """
-
-    num_layers: int
-    layer_s_per_token: float
-    kv_bytes_per_token: int  # one layer's K and V for one token
-    e_bytes_per_token: int  # one E for one token
-    bandwidth_bytes_s: float | None
-
-    def seconds(self, plan: RecomputePlan, tokens: int) -> float:
-        compute = len(plan.recomputed_layers) * self.layer_s_per_token * tokens
-        if not self.bandwidth_bytes_s:
-            return compute
-        fetched = len(plan.reused_layers) * self.kv_bytes_per_token + len(plan.transition_layers) * self.e_bytes_per_token
-        return compute + fetched * tokens / self.bandwidth_bytes_s
-
-    def relative(self, plan: RecomputePlan) -> float:
-        """Cost as a fraction of the receiver's full prefill (all layers computed, nothing fetched)."""
-        return self.seconds(plan, 1) / (self.num_layers * self.layer_s_per_token)
 
 
 # ----------------------------------------------------------------------------- units and plans
@@ -159,8 +135,8 @@ def propose_multi(sens: list[float], bounds: list[int], per_size: int = 2) -> li
 class _Row:
     prompt: PromptTokens
     reference: str | None
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # the sender's K/V per layer
-    recomputed: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]  # start -> layer -> receiver K/V
+    cap: SenderCapture  # the sender's K/V per layer and E at every unit boundary
+    recomputed: dict[int, dict[int, KV]]  # start -> layer -> receiver K/V (layers start..L-1 run once from E at start)
     ref_tokens: list[int]  # the receiver's own full-prefill answer
     ref_logprobs: torch.Tensor  # [m, vocab] teacher-forced log-probs over ref_tokens (plan "all")
     full_answer: str
@@ -199,7 +175,7 @@ class Profiler:
         self.search_budget = search_budget
         self.max_s = max_minutes * 60
         self.progress = progress
-        self.surface = ModelSurface(receiver.model)
+        self.surface = receiver.surface
         self.stops = stop_ids(receiver.tokenizer)
         self.rows: list[_Row] = []
         self.cands: dict[str, Candidate] = {}
@@ -209,10 +185,6 @@ class Profiler:
         self._computed_layer_tokens = 0
 
     # ------------------------------------------------------------------ helpers
-    def _decode(self, toks: list[int]) -> str:
-        tok = self.receiver.tokenizer
-        return tok.decode(toks, skip_special_tokens=True) if tok is not None else " ".join(map(str, toks))
-
     def _quality(self, answer: str, row: _Row) -> float:
         if self.labelled:
             return score(self.metric, answer, row.reference or "")
@@ -223,36 +195,36 @@ class Profiler:
 
         return tqdm(total=total, desc=desc, disable=not self.progress, file=sys.stderr)
 
-    def _cache(self, row: _Row, plan: RecomputePlan):
-        kv = dict(row.kv)
-        for s, e in plan.groups:
-            kv.update({layer: row.recomputed[s][layer] for layer in range(s, e)})
-        return self.surface.cache_from(kv)
+    def _assembly(self, row: _Row, plan: RecomputePlan) -> Assembly:
+        """A candidate's context cache, through the one assembler: the runner hands back the K/V
+        recomputed once per group start (the same layers on the same inputs, so exact)."""
+
+        def memo(s: int, e: int, _hidden: torch.Tensor) -> tuple[None, dict[int, KV]]:
+            return None, {layer: row.recomputed[s][layer] for layer in range(s, e)}
+
+        return assemble(self.surface, row.prompt.prefix, plan, CaptureSource(row.cap), runner=memo)
+
+    def _activation(self, row: _Row) -> int | None:
+        return activation_point(row.prompt.ids, self.receiver.activation)
 
     # ------------------------------------------------------------------ stage 1: rows
     @torch.inference_mode()
     def _prepare(self, prompt: PromptTokens, reference: str | None) -> _Row:
         starts = self.bounds[:-1]
         cap = capture(self.sender, list(prompt.prefix), e_layers=[s for s in starts if s > 0])
-        full = full_prefill(self.receiver, prompt.ids)
-        ref = greedy(self.receiver.model, full.cache, full.logits, self.max_new_tokens, self.stops)
+        full = full_prefill(self.receiver, prompt.ids, room=self.max_new_tokens)
+        ref = greedy(self.receiver, full, self.max_new_tokens, self.stops)
         del full
         n = len(prompt.prefix)
-        position_ids = torch.arange(n).unsqueeze(0)
-        context = torch.tensor([list(prompt.prefix)])
-        dtype = self.surface.dtype
-        recomputed: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-        masks = None
+        run = layer_runner(self.surface, n)
+        recomputed: dict[int, dict[int, KV]] = {}
         t0 = time.perf_counter()
-        for s in starts:
-            hidden = self.surface.embed(context) if s == 0 else cap.e[s].to(dtype)
-            if masks is None:
-                masks = self.surface.prefill_masks(hidden, position_ids)
-            _, recomputed[s] = self.surface.layers_kv(hidden, s, self.L, position_ids, masks)
+        for s in starts:  # each start once, through every layer above it
+            hidden = self.surface.embed(torch.tensor([list(prompt.prefix)])) if s == 0 else cap.e[s]
+            _, recomputed[s] = run(s, self.L, hidden)
         self._compute_s += time.perf_counter() - t0
         self._computed_layer_tokens += sum(self.L - s for s in starts) * n
-        row = _Row(prompt, reference, {l: (k.to(dtype), v.to(dtype)) for l, (k, v) in cap.kv.items()},
-                   recomputed, ref, torch.empty(0), self._decode(ref))
+        row = _Row(prompt, reference, cap, recomputed, ref, torch.empty(0), self.receiver.detokenize(ref))
         row.ref_logprobs = self._teacher_forced(row, RecomputePlan.all(self.L))
         if self.labelled:
             row.gold_full = score(self.metric, row.full_answer, reference or "")
@@ -261,7 +233,9 @@ class Profiler:
     def _teacher_forced(self, row: _Row, plan: RecomputePlan) -> torch.Tensor:
         """Log-probs ``[m, vocab]`` the plan's cache gives each token of the reference continuation."""
         ids = list(row.prompt.suffix) + row.ref_tokens[:-1]
-        logits = self.surface.forward_logits(torch.tensor([ids]), self._cache(row, plan), keep=len(row.ref_tokens))
+        cache = self.surface.cache_from(self._assembly(row, plan).kv)
+        logits = self.surface.forward(torch.tensor([ids]), cache, keep=len(row.ref_tokens),
+                                      activation_at=self._activation(row))
         return torch.log_softmax(logits.float(), dim=-1)
 
     # ------------------------------------------------------------------ stage 2: proxy
@@ -310,9 +284,11 @@ class Profiler:
         plan = RecomputePlan.parse(c.plan, self.L)
         qs = []
         for row in self.rows:
-            cache = self._cache(row, plan)
-            logits = self.surface.forward_tokens(torch.tensor([list(row.prompt.suffix)]), cache)
-            answer = self._decode(greedy(self.receiver.model, cache, logits, self.max_new_tokens, self.stops))
+            at = self._activation(row)
+            cache, logits, _ = finish_prefill(self.receiver, self._assembly(row, plan), row.prompt.ids,
+                                              self.max_new_tokens, at)
+            res = PrefillResult(cache, logits, [], ReuseInfo(ShareKind.PROFILED), activation_at=at)
+            answer = self.receiver.detokenize(greedy(self.receiver, res, self.max_new_tokens, self.stops))
             qs.append(self._quality(answer, row))
         c.quality = sum(qs) / len(qs)
         c.relative_drop = (self.quality_full - c.quality) / self.quality_full if self.quality_full else 0.0
@@ -394,7 +370,7 @@ class Profiler:
         return {
             "format": PROFILE_FORMAT,
             "sender": self.sender.name, "receiver": self.receiver.name,
-            "sender_identity": self.sender.identity, "receiver_identity": self.receiver.identity,
+            "sender_identity": self.sender.capture_weights.identity, "receiver_identity": self.receiver.identity,
             "family": self.receiver.family.digest,
             "rows": len(self.rows), "context_tokens": {"min": min(tokens), "max": max(tokens),
                                                         "mean": round(sum(tokens) / len(tokens))},
@@ -402,7 +378,7 @@ class Profiler:
                         "metric": self.metric if self.labelled else "agreement_f1_vs_full_prefill",
                         "full_prefill": self.quality_full},
             "budget": self.budget, "granularity": self.granularity, "max_new_tokens": self.max_new_tokens,
-            "cost_model": asdict(self.cost) | {"bandwidth_gbps": self.bandwidth_gbps},
+            "cost_model": self.cost.to_dict() | {"bandwidth_gbps": self.bandwidth_gbps},
             "chosen_plan": chosen.plan,
             "chosen": asdict(chosen),
             "full_reuse": asdict(self.cands["none"]),
@@ -420,19 +396,39 @@ class Profiler:
 
 
 # ----------------------------------------------------------------------------- files and plots
-def write_profile(profile: dict[str, Any], out: Path) -> dict[str, str]:
-    """Write the profile JSON and its two plots beside it; returns the paths written."""
+def exact_profile(sender: LoadedModel, receiver: LoadedModel, ex: Any) -> dict[str, Any]:
+    """A profile whose plan is proven exact from the weights (no calibration rows, no frontier)."""
+    assert sender.capture_weights is not None and ex.plan
+    plan = RecomputePlan.parse(ex.plan, receiver.num_layers)
+    return {
+        "format": PROFILE_FORMAT, "exact": True, "exactness": ex.to_dict(),
+        "sender": sender.name, "receiver": receiver.name,
+        "sender_identity": sender.capture_weights.identity, "receiver_identity": receiver.identity,
+        "family": receiver.family.digest, "rows": 0,
+        "quality": {"mode": "exact", "metric": "identical by construction", "full_prefill": 1.0},
+        "budget": 0.0, "chosen_plan": str(plan), "frontier": [str(plan)],
+        "chosen": {"plan": str(plan), "recomputed_layers": len(plan.recomputed_layers), "relative_drop": 0.0,
+                   "verified": "by construction", "cost": plan.recomputed_fraction},
+        "candidates": [{"plan": str(plan), "cost": plan.recomputed_fraction, "quality": 1.0}],
+        "notes": [ex.reason], "wall_s": 0.0,
+    }
+
+
+def write_profile(profile: dict[str, Any], out: Path, plots: bool = True) -> dict[str, str]:
+    """Write the profile JSON and (for a calibrated one) its two plots beside it; returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("")
-    plots = {"sensitivity": str(stem) + ".sensitivity.png", "frontier": str(stem) + ".frontier.png"}
-    profile["plots"] = {k: Path(v).name for k, v in plots.items()}
+    files = {"sensitivity": str(stem) + ".sensitivity.png", "frontier": str(stem) + ".frontier.png"} if plots else {}
+    if files:
+        profile["plots"] = {k: Path(v).name for k, v in files.items()}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(profile, indent=1))
     tmp.replace(out)
-    plot_sensitivity(profile, Path(plots["sensitivity"]))
-    plot_frontier(profile, Path(plots["frontier"]))
-    return {"profile": str(out)} | plots
+    if files:
+        plot_sensitivity(profile, Path(files["sensitivity"]))
+        plot_frontier(profile, Path(files["frontier"]))
+    return {"profile": str(out)} | files
 
 
 def _plt():

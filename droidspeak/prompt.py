@@ -8,9 +8,15 @@ second user turn, followed by the generation prompt:
 
 The prefix is tokenized on its own, so it is a true token prefix of every prompt built on the
 same context, and it is the same for every model of one family (the family check requires the same
-tokenizer). Without a chat template, ``prefix = bos + context`` and
-``suffix = "\\n\\n" + request + "\\n"`` tokenized on its own. The rule is used by every command
-and by the server; changing it invalidates stored caches, so it is versioned.
+tokenizer). A template that refuses two user turns in a row (Gemma's alternation rule) gets one
+user turn, ``context + "\\n\\n" + request``, and the prefix is its rendering up to the end of the
+context. Without a chat template, ``prefix = bos + context`` and ``suffix = "\\n\\n" + request +
+"\\n"`` tokenized on its own.
+
+The server follows the same rule for a conversation (:func:`chat_prompt`): every turn but the last
+is the shared prefix, the last turn and the generation prompt the suffix; for the documented
+two-turn use ``[user: context, user: request]`` this is exactly :func:`layout`. Changing the rule
+invalidates stored caches, so it is versioned.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LAYOUT_VERSION = 1
+_JOIN = "\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,32 +50,79 @@ def _ids(x: Any) -> list[int]:
     return list(x)
 
 
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+
+def _tokens(tokenizer: Any, text: str) -> list[int]:
+    return _ids(tokenizer(text, add_special_tokens=False))
+
+
+def _split(tokenizer: Any, prefix_text: str, full_text: str) -> PromptTokens | None:
+    """Prefix and suffix tokenized on their own, when the prefix is a text prefix of the whole."""
+    if not full_text.startswith(prefix_text):
+        return None
+    return PromptTokens(tuple(_tokens(tokenizer, prefix_text)), tuple(_tokens(tokenizer, full_text[len(prefix_text):])))
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> PromptTokens:
+    """A conversation's tokens: every turn but the last is the shared prefix (one piece when the
+    template rewrites earlier turns). Template errors (e.g. a role order it refuses) propagate."""
+    full_text = _render(tokenizer, messages, True)
+    if len(messages) >= 2:
+        split = _split(tokenizer, _render(tokenizer, messages[:-1], False), full_text)
+        if split is not None:
+            return split
+    return PromptTokens(tuple(_tokens(tokenizer, full_text)), ())
+
+
+def _one_turn_split(tokenizer: Any, context: str, request: str | None) -> PromptTokens:
+    """For templates that allow one user turn only: the prefix ends where the context does."""
+    rendered = _render(tokenizer, [{"role": "user", "content": context}], False)
+    at = rendered.find(context)
+    if at < 0:
+        raise ValueError("chat template does not keep the context as written")
+    prefix_text = rendered[:at + len(context)]
+    content = context + (_JOIN + request if request else "")
+    split = _split(tokenizer, prefix_text, _render(tokenizer, [{"role": "user", "content": content}], True))
+    if split is None:
+        raise ValueError("chat template does not keep the context turn as a text prefix")
+    return split
+
+
+def _two_turns_allowed(tokenizer: Any) -> bool:
+    try:
+        _render(tokenizer, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], True)
+        return True
+    except Exception:  # noqa: BLE001 - jinja's TemplateError and friends: the template says no
+        return False
+
+
 def context_tokens(tokenizer: Any, context: str) -> list[int]:
     """The shared prefix tokens of a context (what a sender prefills and stores)."""
-    if getattr(tokenizer, "chat_template", None):
-        return _ids(tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=True,
-                                                  add_generation_prompt=False))
-    return _ids(tokenizer(context, add_special_tokens=True))
+    return list(layout(tokenizer, context).prefix)
 
 
 def layout(tokenizer: Any, context: str, request: str | None = None) -> PromptTokens:
     """Tokens of a request over a shared context, the context being a true token prefix."""
-    prefix = context_tokens(tokenizer, context)
     if getattr(tokenizer, "chat_template", None):
+        if not _two_turns_allowed(tokenizer):
+            return _one_turn_split(tokenizer, context, request)
         msgs = [{"role": "user", "content": context}]
+        prefix_text = _render(tokenizer, msgs, False)
         if request:
             msgs.append({"role": "user", "content": request})
-        full_text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        prefix_text = tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=False)
-        if not full_text.startswith(prefix_text):  # a template that rewrites earlier turns
+        split = _split(tokenizer, prefix_text, _render(tokenizer, msgs, True))
+        if split is None:  # a template that rewrites earlier turns
             raise ValueError("chat template does not keep the context turn as a text prefix")
-        suffix = _ids(tokenizer(full_text[len(prefix_text):], add_special_tokens=False))
-    else:
-        suffix = _ids(tokenizer("\n\n" + (request or "") + "\n", add_special_tokens=False))
+        return split
+    prefix = _ids(tokenizer(context, add_special_tokens=True))
+    suffix = _tokens(tokenizer, _JOIN + (request or "") + "\n")
     return PromptTokens(tuple(prefix), tuple(suffix))
 
 
 def answer_tokens(tokenizer: Any, answer: str) -> list[int]:
     """Tokens of an assistant answer as the chat template closes it (used for training)."""
-    end = "<|im_end|>" if "<|im_end|>" in tokenizer.get_vocab() else (tokenizer.eos_token or "")
+    vocab = tokenizer.get_vocab()
+    end = next((t for t in ("<|im_end|>", "<end_of_turn>") if t in vocab), tokenizer.eos_token or "")
     return _ids(tokenizer(answer + end, add_special_tokens=False))

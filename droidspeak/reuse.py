@@ -7,20 +7,23 @@ capture, with TTFT, first-token KL and agreement of the two answers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from .sender import SenderCapture, capture
 from .decode import greedy, stop_ids
 from .errors import DroidspeakError, IncompatibleModelsError
+from .exact import Exactness, activation_point, exact_after, exactness
 from .family import compatibility
+from .kinds import ShareKind
 from .metrics import agreement, kl_divergence
 from .models import LoadedModel
 from .partial import full_prefill, partial_prefill
 from .plan import RecomputePlan
+from .profile import Profile
 from .prompt import PromptTokens, layout
+from .sender import SenderCapture, capture
 
 
 @dataclass(slots=True)
@@ -37,6 +40,7 @@ class ReuseReport:
     prompt_tokens: int
     sender: str
     receiver: str
+    exactness: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,25 +52,33 @@ def require_shareable(sender: LoadedModel, receiver: LoadedModel) -> None:
         raise IncompatibleModelsError(f"{sender.name} and {receiver.name} may not share caches: {verdict.reason}")
 
 
+def pair_exactness(sender: LoadedModel, receiver: LoadedModel) -> Exactness:
+    """What the weights prove about the receiver reusing the sender's captures."""
+    assert sender.capture_weights is not None
+    return exactness(sender.capture_weights, receiver.weights)
+
+
 def profile_checker(sender: LoadedModel, receiver: LoadedModel):
     """A check that a profile belongs to exactly this (sender, receiver) pair of weights."""
 
-    def check(profile: dict[str, Any]) -> None:
-        if profile.get("family") != receiver.family.digest:
-            raise DroidspeakError(
-                f"profile was made for model family {str(profile.get('family'))[:16]}, not {receiver.name}'s "
-                f"({receiver.family.digest[:16]}): its layers do not correspond"
-            )
-        for role, model in (("sender", sender), ("receiver", receiver)):
-            want = profile.get(f"{role}_identity")
-            if want != model.identity:
-                named = profile.get(role)
-                raise DroidspeakError(
-                    f"profile was made for {role} {named or '?'} ({str(want)[:12]}), not {model.name} "
-                    f"({model.identity[:12]}): another pair or changed weights; re-run `droidspeak profile` for this pair"
-                )
+    def check(profile: Profile) -> None:
+        assert sender.capture_weights is not None
+        profile.check(sender.capture_weights.identity, receiver.identity, receiver.family.digest, sender.name,
+                      receiver.name)
 
     return check
+
+
+def parse_plan(text: str, sender: LoadedModel, receiver: LoadedModel) -> RecomputePlan:
+    """A plan as the CLI takes it: ``none | all | S:E[,S:E] | profile:PATH | exact`` (the plan the
+    weights prove exact for this pair)."""
+    if text.strip().lower() == "exact":
+        ex = pair_exactness(sender, receiver)
+        if not ex.plan:
+            raise DroidspeakError(f"{sender.name} -> {receiver.name}: no exact plan ({ex.reason}); profile the pair "
+                                  "and use profile:PATH")
+        return RecomputePlan.parse(ex.plan, receiver.num_layers)
+    return RecomputePlan.parse(text, receiver.num_layers, profile_checker(sender, receiver))
 
 
 def prompt_for(sender: LoadedModel, receiver: LoadedModel, context: str, request: str) -> PromptTokens:
@@ -82,7 +94,7 @@ def prompt_for(sender: LoadedModel, receiver: LoadedModel, context: str, request
 def warm_up(*models: LoadedModel) -> None:
     """One short forward per model, so one-time costs do not land in the first timed prefill."""
     for m in models:
-        full_prefill(m, list(range(3, 35)))
+        full_prefill(m, list(range(3, 35)), room=1)
 
 
 def run_reuse(sender: LoadedModel, receiver: LoadedModel, prompt: PromptTokens, plan: RecomputePlan,
@@ -92,17 +104,21 @@ def run_reuse(sender: LoadedModel, receiver: LoadedModel, prompt: PromptTokens, 
     if cap is None:
         cap = capture(sender, list(prompt.prefix), e_layers=plan.transition_layers)
     stops = stop_ids(receiver.tokenizer)
-    full = full_prefill(receiver, prompt.ids)
-    full_tokens = greedy(receiver.model, full.cache, full.logits, max_new_tokens, stops)
-    part = partial_prefill(receiver, cap, plan, prompt.suffix)
-    part_tokens = greedy(receiver.model, part.cache, part.logits, max_new_tokens, stops)
-    dec = (lambda t: receiver.tokenizer.decode(t, skip_special_tokens=True)) if receiver.tokenizer else str
-    answer, full_answer = dec(part_tokens), dec(full_tokens)
+    full = full_prefill(receiver, prompt.ids, room=max_new_tokens)
+    full_answer = receiver.detokenize(greedy(receiver, full, max_new_tokens, stops))
+    ex = pair_exactness(sender, receiver)
+    holds = bool(ex.plan) and (not ex.needs_activation_after_context
+                               or exact_after(activation_point(prompt.ids, receiver.activation), len(prompt.prefix)))
+    exact_plan = holds and str(plan) == str(RecomputePlan.parse(ex.plan or "all", receiver.num_layers))
+    kind = ShareKind.EXACT if exact_plan else ShareKind.PROFILED
+    part = partial_prefill(receiver, cap, plan, prompt.suffix, room=max_new_tokens, kind=kind)
+    answer = receiver.detokenize(greedy(receiver, part, max_new_tokens, stops))
     return ReuseReport(
-        answer=answer, full_answer=full_answer, ttft_s=part.timings["prefill_s"],
-        full_ttft_s=full.timings["prefill_s"], recomputed_layers=part.recomputed_layers,
+        answer=answer, full_answer=full_answer, ttft_s=part.timings.prefill_s,
+        full_ttft_s=full.timings.prefill_s, recomputed_layers=part.recomputed_layers,
         first_token_kl=kl_divergence(full.logits, part.logits),
         answer_f1_vs_full=agreement(answer, full_answer),
         plan=str(plan), context_tokens=len(prompt.prefix), prompt_tokens=len(prompt.ids),
         sender=sender.name, receiver=receiver.name,
+        exactness=ex.to_dict() | {"holds_for_this_prompt": holds, "plan_is_the_proven_one": exact_plan},
     )

@@ -1,8 +1,14 @@
 """What a sender's prefill leaves behind for others: per-layer K/V and, where needed, E.
 
 ``capture`` runs the sender's own forward over the context tokens and records, per layer ``l``,
-K and V (``[1, kv_heads, n, head_dim]``, post-RoPE, positions 0..n-1) and E at the requested layers
-(``[1, n, hidden]``, the hidden state entering layer ``l``).
+K and V (``[1, kv_heads, n, head_dim]``, post-RoPE, positions 0..n-1, every token even in a
+sliding-window layer) and E at the requested layers (``[1, n, hidden]``, the hidden state entering
+layer ``l``).
+
+NOTE: an activated adapter (aLoRA) captures a context with its adapter off: a shared context lies
+before every request's invocation, so its cache is its base's, and the capture says so
+(``producer`` is the base's weight summary). The engine never captures past a request's
+activation point.
 """
 
 from __future__ import annotations
@@ -13,11 +19,9 @@ from typing import Literal
 
 import torch
 
+from .exact import WeightSummary
 from .family import FamilyFingerprint
 from .models import LoadedModel
-from .surface import ModelSurface
-
-TensorKind = Literal["kv", "e"]
 
 
 @dataclass(slots=True)
@@ -26,11 +30,15 @@ class SenderCapture:
 
     token_ids: tuple[int, ...]
     family: FamilyFingerprint
-    sender_identity: str
+    producer: WeightSummary  # the weights that computed these caches (an aLoRA's: its base's)
     dtype: torch.dtype
     num_layers: int
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # l -> (K, V)
     e: dict[int, torch.Tensor] = field(default_factory=dict)  # l -> E
+
+    @property
+    def sender_identity(self) -> str:
+        return self.producer.identity
 
     @property
     def num_tokens(self) -> int:
@@ -75,35 +83,23 @@ def capture_steps(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
     The E hooks are on only while this capture's own chunks run, so other models' forwards in
     between (a shared base under several adapters) never leak into it.
     """
-    surface = ModelSurface(sender.model)
+    surface = sender.surface
     num_layers = sender.num_layers
     wanted = set(range(num_layers)) if e_layers == "all" else set(e_layers)
-    parts: dict[int, list[torch.Tensor]] = {idx: [] for idx in wanted}
-    cache = surface.new_cache()
+    parts: dict[int, list[torch.Tensor]] = {}
+    cache = surface.scratch_cache()  # keeps every token of every layer, sliding ones too
     ids = list(token_ids)
     step = chunk or max(1, len(ids))
     for i in range(0, len(ids), step):
-        hooks = []
-        for idx in sorted(wanted):
-            def pre_hook(_module, args, kwargs, idx=idx):
-                h = args[0] if args else kwargs["hidden_states"]
-                parts[idx].append(h.detach().clone())
-            hooks.append(surface.layers[idx].register_forward_pre_hook(pre_hook, with_kwargs=True))
-        try:
-            with torch.inference_mode():
-                surface.lm.model(input_ids=torch.tensor([ids[i:i + step]], device=surface.device), cache=cache,
-                                 use_cache=True)
-        finally:
-            for h in hooks:
-                h.remove()
+        with torch.inference_mode(), surface.recording_inputs(wanted, parts):
+            surface.forward(torch.tensor([ids[i:i + step]]), cache, activation_at=None)
         if i + step < len(ids):
             yield i + step
     kv = {l: (cache.layers[l].keys, cache.layers[l].values) for l in range(num_layers)}
     e = {l: torch.cat(p, dim=1) if len(p) > 1 else p[0] for l, p in parts.items() if p}
-    return SenderCapture(tuple(token_ids), sender.family, sender.identity, surface.dtype, num_layers, kv, e)
+    return SenderCapture(tuple(token_ids), sender.family, sender.capture_weights, surface.dtype, num_layers, kv, e)
 
 
-@torch.inference_mode()
 def capture(sender: LoadedModel, token_ids: list[int] | tuple[int, ...],
             e_layers: Iterable[int] | Literal["all"] = (), chunk: int | None = None) -> SenderCapture:
     """Prefill ``token_ids`` with the sender and keep K/V of every layer and E at ``e_layers``."""

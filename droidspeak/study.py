@@ -32,8 +32,7 @@ KL_NOISE = 1e-6
 
 
 def _answer(model: LoadedModel, result, max_new_tokens: int) -> str:
-    toks = greedy(model.model, result.cache, result.logits, max_new_tokens, stop_ids(model.tokenizer))
-    return model.tokenizer.decode(toks, skip_special_tokens=True)
+    return model.detokenize(greedy(model, result, max_new_tokens, stop_ids(model.tokenizer)))
 
 
 @torch.inference_mode()
@@ -54,12 +53,12 @@ def sensitivity(sender: LoadedModel, receiver: LoadedModel, rows: list[Example],
     for row in rows:
         prompt = layout(receiver.tokenizer, row.context, row.prompt)
         cap = capture(sender, list(prompt.prefix), e_layers="all")
-        full = full_prefill(receiver, prompt.ids)
+        full = full_prefill(receiver, prompt.ids, room=max_new_tokens)
         full_answer = _answer(receiver, full, max_new_tokens)
         if labelled:
             gold_full.append(score(metric, full_answer, row.reference))
         for key, plan in plans.items():
-            part = partial_prefill(receiver, cap, plan, prompt.suffix)
+            part = partial_prefill(receiver, cap, plan, prompt.suffix, room=max_new_tokens)
             kl = kl_divergence(full.logits, part.logits)
             answer = _answer(receiver, part, max_new_tokens)
             acc[key]["kl"].append(kl)
@@ -81,7 +80,7 @@ def sensitivity(sender: LoadedModel, receiver: LoadedModel, rows: list[Example],
     full_reuse_q = mean(fr["gold"]) if labelled else mean(fr["agree"])
     return {
         "sender": sender.name, "receiver": receiver.name,
-        "sender_identity": sender.identity, "receiver_identity": receiver.identity,
+        "sender_identity": sender.capture_weights.identity, "receiver_identity": receiver.identity,
         "family": receiver.family.digest, "rows": len(rows),
         "quality_metric": metric if labelled else "agreement_f1_vs_full_prefill",
         "quality_full_prefill": q_full,

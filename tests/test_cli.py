@@ -6,25 +6,32 @@ import sys
 import pytest
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=120)
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=600,
+                          env=env)
 
 
 @pytest.mark.parametrize("cmd", [[], ["models"], ["compat"], ["reuse"], ["study"], ["variants"], ["data"], ["demo"],
                                  ["variants", "train"], ["variants", "eval"],
-                                 ["profile"], ["eval"]])
+                                 ["profile"], ["eval"], ["store-server"], ["serve"], ["prefill"], ["answer"]])
 def test_help(cmd):
     r = _run(*cmd, "--help")
     assert r.returncode == 0 and "usage: droidspeak" in r.stdout
 
 
 def test_bad_plan_is_one_line(tmp_path):
+    """On a fresh DROIDSPEAK_HOME (the GGUF is converted during this very command, its progress
+    bars included), a bad plan is still exactly one line on stderr."""
+    import os
+
+    home = tmp_path / "home"
     ctx = tmp_path / "ctx.txt"
     ctx.write_text("hello")
     r = _run("reuse", "--sender", "base", "--receiver", "base", "--context", str(ctx), "--prompt", "x",
-             "--plan", "3:99")
+             "--plan", "3:99", env={**os.environ, "DROIDSPEAK_HOME": str(home)})
     assert r.returncode == 2 and "outside the model's layers" in r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert list((home / "models").glob("*/model.safetensors")), "the command converted the GGUF in the fresh home"
 
 
 def test_missing_context_file():

@@ -50,9 +50,9 @@ def test_same_model_prefix_hit_is_exact(engine, tiny):
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(3, 256, (70,), generator=g).tolist()
     r1, d1 = _submit(engine, "a", ids, 6)
-    assert d1.wait(60) and r1.info["kind"] == "miss"
+    assert d1.wait(60) and r1.reuse.kind.value == "miss"
     r2, d2 = _submit(engine, "a", ids + [5, 6, 7], 6)
-    assert d2.wait(60) and r2.info["kind"] == "same-model" and r2.info["reused_tokens"] == 64
+    assert d2.wait(60) and r2.reuse.kind.value == "same-model" and r2.reuse.reused_tokens == 64
     assert r2.out == _generate(tiny, ids + [5, 6, 7], 6)
 
 
@@ -63,7 +63,7 @@ def test_cross_model_without_profile_is_a_full_prefill(engine, tiny_recv):
     r1, d1 = _submit(engine, "a", ids, 3)
     assert d1.wait(60)
     r2, d2 = _submit(engine, "b", ids + [9], 6)
-    assert d2.wait(60) and r2.info["kind"] == "miss"
+    assert d2.wait(60) and r2.reuse.kind.value == "miss"
     assert r2.out == _generate(tiny_recv, ids + [9], 6)
 
 

@@ -37,7 +37,7 @@ def _full_answer(model, context, q, n=10):
     ids = model.tokenizer.apply_chat_template(_msgs(context, q), tokenize=True, add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     res = full_prefill(model, ids)
-    return model.tokenizer.decode(greedy(model.model, res.cache, res.logits, n, stop_ids(model.tokenizer)),
+    return model.tokenizer.decode(greedy(model, res, n, stop_ids(model.tokenizer)),
                                   skip_special_tokens=True)
 
 
@@ -96,7 +96,7 @@ def test_damaged_tiers_and_redis_restart(tmp_path, redis_server, qa_model):
         first = _chat(srv.url, "smollm2-135m-instruct", CONTEXT, "Summarize the inventory.")
         assert first["droidspeak"]["kind"] == "miss"
         n_redis, n_disk = _damage_all(redis_server.url, disk)
-        assert n_redis > 30 and n_disk > 30
+        assert n_redis >= 30 and n_disk >= 30  # every layer's K/V at least (and the E its peers need)
         r = _chat(srv.url, "smollm2-qa", CONTEXT, Q)
         ds = r["droidspeak"]
         assert ds["kind"] == "cross-model" and ds["fallback"] is True

@@ -22,7 +22,8 @@ def _generate(model, ids, n):
 def test_all_layers_recomputed_equals_receiver_full_prefill(tiny, tiny_recv, tiny_ids, suffix):
     cap = capture(tiny, tiny_ids, e_layers=RecomputePlan.all(6).transition_layers)
     full = full_prefill(tiny_recv, tiny_ids + suffix)
-    part = partial_prefill(tiny_recv, cap, RecomputePlan.all(6), suffix)
+    part = partial_prefill(tiny_recv, cap, RecomputePlan.all(6), suffix, assemble_all=True)  # layer by layer
+    assert torch.max(torch.abs(full.logits - partial_prefill(tiny_recv, cap, RecomputePlan.all(6), suffix).logits)) <= ATOL
     assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
     assert part.cache.get_seq_length() == len(tiny_ids) + len(suffix)
     # and the sender's cache really differs from the receiver's: the test is not vacuous
@@ -46,8 +47,8 @@ def test_greedy_after_partial_equals_generate(tiny, tiny_recv, tiny_ids, suffix,
     sender, receiver, plan = (tiny, tiny_recv, "all") if case == "all-recomputed" else (tiny, tiny, "none")
     p = RecomputePlan.parse(plan, 6)
     cap = capture(sender, tiny_ids, e_layers=p.transition_layers)
-    part = partial_prefill(receiver, cap, p, suffix)
-    got = greedy(receiver.model, part.cache, part.logits, 12)
+    part = partial_prefill(receiver, cap, p, suffix, assemble_all=True)
+    got = greedy(receiver, part, 12)
     want = _generate(receiver, tiny_ids + suffix, 12)
     assert len(set(want)) > 2, "degenerate decoding would make this test vacuous"
     assert got == want
@@ -101,21 +102,60 @@ def test_plan_outside_layer_range_is_refused(tiny, tiny_ids):
         partial_prefill(tiny, cap, RecomputePlan.none(30), SUFFIX)
 
 
-@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
-def test_other_llama_family_architectures_work_unchanged(arch, tiny_ids):
+ARCH_CASES = {"mistral": {}, "qwen2": {}, "qwen3": {}, "gemma3": {}, "mistral-sliding": {"sliding_window": 24}}
+
+
+def _arch_pair(case):
     from droidspeak.tiny import tiny_variant
 
-    sender = tiny_model(seed=0, arch=arch)
-    receiver = tiny_variant(sender, seed=1)
-    assert sender.family.architecture.lower().startswith(arch)
+    arch = case.split("-")[0]
+    sender = tiny_model(seed=0, arch=arch, **ARCH_CASES[case])
+    return sender, tiny_variant(sender, seed=1)
+
+
+@pytest.mark.parametrize("case", list(ARCH_CASES))
+def test_other_architectures_keep_both_equivalences(case, tiny_ids):
+    """Every supported architecture (sliding windows, per-kind RoPE, scaled embeddings, q/k norms
+    included): all recomputed == the receiver's own prefill; same model, any plan == its prefill."""
+    sender, receiver = _arch_pair(case)
+    assert sender.family.architecture.lower().startswith(case.split("-")[0])
     cap = capture(sender, tiny_ids, e_layers=[2])
     for suffix in (SUFFIX, []):
         full_r = full_prefill(receiver, tiny_ids + suffix).logits
-        assert torch.max(torch.abs(full_r - partial_prefill(receiver, cap, RecomputePlan.all(6), suffix).logits)) <= ATOL
+        all_r = partial_prefill(receiver, cap, RecomputePlan.all(6), suffix, assemble_all=True).logits
+        assert torch.max(torch.abs(full_r - all_r)) <= ATOL
         full_s = full_prefill(sender, tiny_ids + suffix).logits
-        assert torch.max(torch.abs(full_s - partial_prefill(sender, cap, RecomputePlan.parse("2:4", 6), suffix).logits)) <= ATOL
+        for plan in ("none", "2:4"):
+            got = partial_prefill(sender, cap, RecomputePlan.parse(plan, 6), suffix).logits
+            assert torch.max(torch.abs(full_s - got)) <= ATOL, (case, plan, len(suffix))
+        # the receiver's own cache really differs from the sender's: not vacuous
+        assert torch.max(torch.abs(full_r - partial_prefill(receiver, cap, RecomputePlan.none(6), suffix).logits)) > 1e-3
     # and a Llama of the same shapes is another family
     assert not tiny_model(seed=0, arch="llama").family == sender.family
+
+
+@pytest.mark.parametrize("case", list(ARCH_CASES))
+@pytest.mark.parametrize("which", ["all-recomputed", "same-model-none"])
+def test_other_architectures_greedy_after_partial_equals_generate(case, which, tiny_ids):
+    sender, receiver = _arch_pair(case)
+    if which == "same-model-none":
+        receiver = sender
+    plan = RecomputePlan.all(6) if which == "all-recomputed" else RecomputePlan.none(6)
+    cap = capture(sender, tiny_ids, e_layers=[])
+    part = partial_prefill(receiver, cap, plan, SUFFIX, assemble_all=True)
+    got = greedy(receiver, part, 12)
+    want = _generate(receiver, tiny_ids + SUFFIX, 12)
+    assert len(set(want)) > 2 and got == want
+
+
+def test_sliding_window_family_differs_by_window():
+    a = tiny_model(seed=0, arch="mistral", sliding_window=24)
+    b = tiny_model(seed=0, arch="mistral", sliding_window=32)
+    from droidspeak.family import compatibility
+
+    v = compatibility(a.family, b.family)
+    assert not v.ok and "attention layout" in v.reason
+    assert tiny_model(seed=0, arch="llama").family.attention == ""  # full attention everywhere: no layout field
 
 
 def test_inconsistent_capture_is_refused(tiny, tiny_recv, tiny_ids):

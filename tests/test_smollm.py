@@ -55,9 +55,9 @@ def test_all_recomputed_equals_variant_full_prefill(smol_base, smol_variant, wit
     suffix = list(p.suffix) if with_suffix else []
     cap = capture(smol_base, list(p.prefix))
     full = full_prefill(smol_variant, list(p.prefix) + suffix)
-    part = partial_prefill(smol_variant, cap, RecomputePlan.all(30), suffix)
+    part = partial_prefill(smol_variant, cap, RecomputePlan.all(30), suffix, assemble_all=True)
     assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
-    got = greedy(smol_variant.model, part.cache, part.logits, 16)
+    got = greedy(smol_variant, part, 16)
     assert got == _generate(smol_variant, list(p.prefix) + suffix, 16)
     # the base's cache alone would not do: full reuse changes the variant's logits
     none = partial_prefill(smol_variant, cap, RecomputePlan.none(30), suffix)
@@ -72,7 +72,7 @@ def test_same_model_nothing_recomputed_equals_full_prefill(smol_base, with_suffi
     full = full_prefill(smol_base, list(p.prefix) + suffix)
     part = partial_prefill(smol_base, cap, RecomputePlan.none(30), suffix)
     assert torch.max(torch.abs(full.logits - part.logits)) <= ATOL
-    got = greedy(smol_base.model, part.cache, part.logits, 16)
+    got = greedy(smol_base, part, 16)
     assert got == _generate(smol_base, list(p.prefix) + suffix, 16)
 
 
@@ -87,9 +87,11 @@ def test_models_json_lists_one_family():
     names = {x["name"] for x in rows}
     assert "smollm2-135m-instruct" in names
     assert {"smollm2-qa", "smollm2-code", "smollm2-toolcall"} <= names
-    assert len({x["family"] for x in rows}) == 1
+    smol = [x for x in rows if x["name"] == "smollm2-135m-instruct" or x["parent"] == "smollm2-135m-instruct"]
+    assert len({x["family"] for x in smol}) == 1  # the base and its variants: one family
     assert len({x["identity"] for x in rows}) == len(rows)
-    assert all(x["parent"] == "smollm2-135m-instruct" for x in rows if x["kind"] == "lora")
+    assert all(x["parent"] == "smollm2-135m-instruct" for x in rows if x["kind"] in ("lora", "alora")
+               and x["name"].startswith("smollm2"))
 
 
 def test_unknown_model_is_one_line():
@@ -185,7 +187,7 @@ def test_sensitivity_study_machinery(smol_base):
     from droidspeak import study
     from droidspeak.tasks import Example
 
-    rows = [Example(CONTEXT[:400], REQUEST, None)]
+    rows = [Example(CONTEXT[:120], REQUEST, None)]  # short: 31 plans x 30 layers run on it
     res = study.sensitivity(smol_base, smol_base, rows, metric=None, max_new_tokens=4, progress=False)
     assert len(res["layers"]) == 30 and res["critical_layers"] == []
     assert all(x["agreement_f1"] == 1.0 and x["first_token_kl"] < 1e-6 for x in res["layers"])
@@ -258,7 +260,7 @@ def test_two_processes_share_through_redis(tmp_path, redis_server):
     """A sender process stores through a real Redis; a receiver process in another process reuses it,
     and answers exactly as the in-process path does."""
     from droidspeak.prompt import layout
-    from droidspeak.sharing import serve_prefill
+    from droidspeak.sharing import ShareOptions, serve_prefill
     from droidspeak.store import CacheStore, MemoryBackend
 
     ctx = tmp_path / "ctx.txt"
@@ -276,7 +278,55 @@ def test_two_processes_share_through_redis(tmp_path, redis_server):
     base, qa = load_model("base"), load_model("smollm2-qa")
     store = CacheStore(MemoryBackend())
     serve_prefill(base, store, layout(base.tokenizer, ctx.read_text()))  # miss: stores the base's caches
-    res = serve_prefill(qa, store, layout(qa.tokenizer, ctx.read_text(), REQUEST), store_on_miss=False)
-    toks = greedy(qa.model, res.cache, res.logits, 12, stop_ids(qa.tokenizer))
-    assert res.info["plan"] == remote["plan"] and res.info["kind"] == "cross-model"
+    res = serve_prefill(qa, store, layout(qa.tokenizer, ctx.read_text(), REQUEST), ShareOptions(store_on_miss=False))
+    toks = greedy(qa, res, 12, stop_ids(qa.tokenizer))
+    assert res.info.plan == remote["plan"] and res.info.kind.value == "cross-model"
     assert qa.tokenizer.decode(toks, skip_special_tokens=True) == remote["answer"]
+
+
+def _tiny_dir(tmp_path, name, model, tokenizer):
+    d = tmp_path / name
+    model.save_pretrained(str(d), safe_serialization=True)
+    tokenizer.save_pretrained(str(d))
+    return d
+
+
+def test_gemma3_pair_through_the_cli(tmp_path, smol_base):
+    """A Gemma 3 pair as Hugging Face directories (a tiny random one: sliding-window layers with
+    their own RoPE, scaled embeddings, q/k norms): `reuse --plan all` and the same model with
+    `--plan none` give the receiver's own answer, first-token KL < 1e-5."""
+    from droidspeak.tiny import tiny_model, tiny_variant
+
+    vocab = smol_base.family.vocab_size
+    sender = tiny_model(0, arch="gemma3", vocab_size=vocab)
+    receiver = tiny_variant(sender, seed=1)
+    ds = _tiny_dir(tmp_path, "gemma-sender", sender.model, smol_base.tokenizer)
+    dr = _tiny_dir(tmp_path, "gemma-receiver", receiver.model, smol_base.tokenizer)
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(CONTEXT)  # ~500 tokens: well past the tiny model's 24-token sliding window
+    for s, r, plan in ((ds, dr, "all"), (ds, ds, "none"), (dr, dr, "none")):
+        out = _cli("reuse", "--sender", str(s), "--receiver", str(r), "--context", str(ctx), "--prompt", REQUEST,
+                   "--plan", plan, "--max-new-tokens", "8", "--json")
+        assert out.returncode == 0, out.stderr[-2000:]
+        d = json.loads(out.stdout)
+        assert d["answer"] == d["full_answer"] and d["first_token_kl"] < 1e-5, (plan, d)
+        assert d["context_tokens"] > 300
+    out = _cli("compat", "--sender", str(ds), "--receiver", str(dr), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"]
+
+
+def test_unknown_architecture_is_refused_in_one_line(tmp_path, smol_base):
+    """An architecture the model surface does not know: refused by the compatibility contract before
+    anything runs, with one line naming it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=smol_base.family.vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4)
+    d = _tiny_dir(tmp_path, "gpt2-tiny", GPT2LMHeadModel(cfg), smol_base.tokenizer)
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(CONTEXT)
+    r = _cli("compat", "--sender", str(d), "--receiver", str(d))
+    assert r.returncode == 1 and "GPT2LMHeadModel is not supported" in r.stdout
+    for args in (("--sender", str(d), "--receiver", str(d)), ("--sender", "base", "--receiver", str(d))):
+        r = _cli("reuse", *args, "--context", str(ctx), "--prompt", "x", "--plan", "all")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "GPT2LMHeadModel is not supported" in r.stderr

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill
+from droidspeak.kinds import TensorKind
 from droidspeak.prompt import PromptTokens
 from droidspeak.store import (CacheStore, CorruptEntry, DiskBackend, MemoryBackend, RedisBackend, TieredBackend,
                               chain_hashes, decode, encode, open_backend)
@@ -126,7 +127,7 @@ def test_store_path_equals_in_process_path(tiny, tiny_recv, prompt, order, plan)
     got = prefill_from_store(tiny_recv, store, hit, p, prompt, order)
     cap = capture(tiny, list(prompt.prefix), e_layers=p.transition_layers)
     want = partial_prefill(tiny_recv, cap, p, prompt.suffix)
-    assert torch.max(torch.abs(got.logits - want.logits)) <= ATOL and not got.info["missing"]
+    assert torch.max(torch.abs(got.logits - want.logits)) <= ATOL and not got.info.missing
 
 
 def test_same_model_hit_equals_full_prefill(tiny, prompt):
@@ -145,7 +146,7 @@ def test_partial_hit_runs_the_rest_of_the_prefix(tiny, prompt):
 
 
 def _damage(store, tiny, hit, kind, layer, how):
-    key = store.keys.entry(tiny.family.digest, hit.sender, hit.chain, layer, kind)
+    key = store.keys.entry(tiny.family.digest, hit.sender, hit.chain, layer, TensorKind(kind))
     raw = store.backend.get(key)
     if how == "missing":
         store.backend.delete(key)
@@ -156,7 +157,7 @@ def _damage(store, tiny, hit, kind, layer, how):
     elif how == "truncated":
         store.backend.put(key, raw[: len(raw) // 3])
     elif how == "foreign":  # a valid entry of another key (another family/sender/layer) planted here
-        other = store.keys.entry("f" * 16, hit.sender, hit.chain, layer, kind)
+        other = store.keys.entry("f" * 16, hit.sender, hit.chain, layer, TensorKind(kind))
         store.backend.put(key, encode(other, decode(raw, key)))
     elif how == "wrong-shape":
         t = decode(raw, key)
@@ -171,7 +172,7 @@ def test_faulty_entry_is_recomputed_never_used(tiny, tiny_recv, prompt, how, kin
     plan = RecomputePlan.parse("2:4", 6)
     _damage(store, tiny, hit, kind, layer, how)
     got = prefill_from_store(tiny_recv, store, hit, plan, prompt)
-    assert got.info["missing"] == [f"{kind}[{layer}]"]
+    assert list(got.info.missing) == [f"{kind}[{layer}]"]
     # exactly the plan widened to recompute from the bottom past the bad layer
     cap = capture(tiny, list(prompt.prefix), e_layers=[])
     want = partial_prefill(tiny_recv, cap, RecomputePlan.parse(fallback_plan, 6), prompt.suffix)
@@ -196,9 +197,26 @@ def test_redis_killed_mid_load_falls_back(tiny, tiny_recv, prompt, redis_server)
     redis_server.stop()  # the store disappears between lookup and fetch
     got = prefill_from_store(tiny_recv, store, hit, RecomputePlan.parse("2:4", 6), prompt)
     want = full_prefill(tiny_recv, prompt.ids)
-    assert torch.max(torch.abs(got.logits - want.logits)) <= ATOL and got.info["missing"]
+    assert torch.max(torch.abs(got.logits - want.logits)) <= ATOL and got.info.missing
     assert store.lookup(tiny.family, prompt.prefix) == [] and store.backend.errors > 0
     redis_server.start()  # restarted empty: a miss, then stored again
     assert store.lookup(tiny.family, prompt.prefix) == []
     cap = capture(tiny, list(prompt.prefix), e_layers="all")
     assert store.put(cap) == 64 and store.lookup(tiny.family, prompt.prefix)
+
+
+def test_a_server_without_root_or_path(tmp_path):
+    """With no redis-server on PATH, the server droidspeak finds is the bundled valkey-server, a real
+    Redis-protocol server: it starts, stores and survives a client reconnect."""
+    from conftest import RedisServer
+
+    from droidspeak.store.server import find_server
+
+    assert find_server(path="").name == "valkey-server"
+    srv = RedisServer(path="").start()
+    try:
+        b = RedisBackend(srv.url, namespace="nopath")
+        assert b.put("ds1:nopath:k", b"v" * 100) and b.get("ds1:nopath:k") == b"v" * 100
+        assert srv.cmd[0].endswith("valkey-server")
+    finally:
+        srv.stop()

@@ -11,8 +11,8 @@ from typing import Any
 from ..errors import DroidspeakError
 
 
-def _f(default: Any, env: str, help_: str):
-    return field(default=default, metadata={"env": env, "help": help_})
+def _f(default: Any, env: str, help_: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"env": env, "help": help_, "choices": choices})
 
 
 @dataclass
@@ -30,7 +30,8 @@ class Settings:
     max_batch: int = _f(8, "DROIDSPEAK_MAX_BATCH", "requests decoded together per model")
     prefill_chunk: int = _f(1024, "DROIDSPEAK_PREFILL_CHUNK", "tokens per prefill step (others decode in between)")
     ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
-    policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile")
+    policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile",
+                     choices=("load", "bandwidth", "profile"))
     share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models (false: same-model prefix hits only)")
     min_hit_fraction: float = _f(0.5, "DROIDSPEAK_MIN_HIT_FRACTION",
                                  "use a stored prefix only when it covers this much of the prompt")
@@ -56,23 +57,26 @@ class Settings:
                 k = k.replace("-", "_")
                 if k not in types:
                     raise DroidspeakError(f"unknown setting '{k}' in {p}; known: {', '.join(types)}")
-                setattr(s, k, s._cast(k, v, types[k]))
+                setattr(s, k, cls._cast(k, v, types[k]))
         for f in fields(cls):
             if f.metadata["env"] in os.environ:
-                setattr(s, f.name, s._cast(f.name, os.environ[f.metadata["env"]], types[f.name]))
+                setattr(s, f.name, cls._cast(f.name, os.environ[f.metadata["env"]], types[f.name]))
         for k, v in (overrides or {}).items():
             if v is not None:
-                setattr(s, k, s._cast(k, v, types[k]))
+                setattr(s, k, cls._cast(k, v, types[k]))
         return s
 
-    @staticmethod
-    def _cast(name: str, v: Any, typ: type) -> Any:
+    @classmethod
+    def _cast(cls, name: str, v: Any, typ: type) -> Any:
         try:
-            if typ is bool:
-                return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
-            return typ(v)
+            out = (v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")) if typ is bool \
+                else typ(v)
         except (TypeError, ValueError):
             raise DroidspeakError(f"setting {name}={v!r} is not a {typ.__name__}") from None
+        choices = next(f.metadata["choices"] for f in fields(cls) if f.name == name)
+        if choices and out not in choices:
+            raise DroidspeakError(f"setting {name}={v!r} is not one of {', '.join(choices)}")
+        return out
 
     @classmethod
     def table(cls) -> list[tuple[str, str, Any, str]]:

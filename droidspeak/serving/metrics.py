@@ -22,7 +22,8 @@ class Metrics:
         self.recomputed = Histogram("droidspeak:recomputed_layer_fraction", "Fraction of layers recomputed per request",
                                     m, registry=r, buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
         self.queries = Counter("droidspeak:prefix_cache_queries", "Prompt tokens looked up in the store", m, registry=r)
-        self.hits = Counter("droidspeak:prefix_cache_hits", "Prompt tokens found in the store", m + ["kind"], registry=r)
+        self.hits = Counter("droidspeak:prefix_cache_hits", "Prompt tokens reused from the store, by kind "
+                            "(same_model, exact_cross_model, cross_model)", m + ["kind"], registry=r)
         self.requests = Counter("droidspeak:request_success", "Finished requests", m + ["finished_reason"], registry=r)
         self.prompt_tokens = Counter("droidspeak:prompt_tokens", "Prompt tokens", m, registry=r)
         self.generation_tokens = Counter("droidspeak:generation_tokens", "Generated tokens", m, registry=r)
@@ -32,3 +33,12 @@ class Metrics:
         self.waiting = Gauge("droidspeak:num_requests_waiting", "Requests queued", m, registry=r)
         self.store_bytes = Gauge("droidspeak:store_bytes", "Bytes held per store tier", ["tier"], registry=r)
         self.store_errors = Gauge("droidspeak:store_errors", "Storage errors per tier", ["tier"], registry=r)
+
+    def observe_store(self, store) -> None:
+        """Refresh the store gauges (bytes and errors per tier) before an exposition."""
+        if store is None:
+            return
+        st = store.backend.stats()
+        for t in st.get("tiers", [st]):
+            self.store_bytes.labels(t["name"]).set(t["bytes"])
+            self.store_errors.labels(t["name"]).set(t["errors"])

@@ -1,12 +1,14 @@
 """The KV/E store: a sender's caches saved per layer, found by the longest stored prefix.
 
 ``CacheStore.put(capture, e_layers)`` writes, for the block-aligned part of the context, one
-entry per layer for K/V and one per requested E, then a manifest, then an index key at every
-block boundary. ``lookup(family, tokens)`` finds, for each sender that stored a prefix of these
-tokens, the longest such prefix. ``fetcher(hit, items)`` streams entries on a background thread
-in the order asked (E first for pipelining); each is decoded and checked against its key, the
+entry per layer for K/V and one per requested E, then a manifest (which also holds the producing
+weights' summary, so a receiver can judge exactness without knowing that model), then an index
+key at every block boundary. ``lookup(family, tokens)`` finds, for each sender that stored a prefix
+of these tokens, the longest such prefix. ``source(hit, items)`` streams entries on a background
+thread in the order asked (E first for pipelining) and answers as a
+:class:`~droidspeak.assemble.LayerSource`; each entry is decoded and checked against its key, the
 family's shapes and the token count before it is handed over, and a missing or bad entry becomes
-``None`` (counted and logged): the caller recomputes instead.
+``None`` (counted and logged): the assembler recomputes instead.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Iterable
 
 import torch
 
+from ..exact import WeightSummary
 from ..family import FamilyFingerprint
+from ..kinds import TensorKind
 from ..sender import SenderCapture
 from .backends import Backend
 from .codec import CorruptEntry, decode, encode
 from .keys import DEFAULT_BLOCK, FORMAT_VERSION, KeySpace, chain_hashes
 
 log = logging.getLogger("droidspeak.store")
-Item = tuple[str, int]  # ("kv" | "e", layer)
+Item = tuple[TensorKind, int]  # (KV | E, layer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,7 @@ class Hit:
     stored_tokens: int  # the whole stored context (>= tokens)
     num_layers: int
     e_layers: tuple[int, ...]
-    fmt: str
+    producer: WeightSummary | None = None  # the weights that wrote it, as the manifest says
 
 
 @dataclass
@@ -83,17 +87,18 @@ class CacheStore:
         ok = True
         for layer in range(cap.num_layers):
             k, v = cap.kv[layer]
-            key = self.keys.entry(fam, snd, last, layer, "kv")
+            key = self.keys.entry(fam, snd, last, layer, TensorKind.KV)
             ok &= self.backend.put(key, encode(key, {"k": k[:, :, :n], "v": v[:, :, :n]}, self.fmt))
         for layer in e_layers:
-            key = self.keys.entry(fam, snd, last, layer, "e")
+            key = self.keys.entry(fam, snd, last, layer, TensorKind.E)
             ok &= self.backend.put(key, encode(key, {"e": cap.e[layer][:, :n]}, self.fmt))
         if not ok:
             self.stats.bump("put_failed")
             log.warning("store put failed for sender %s (%d tokens); not indexed", snd[:12], n)
             return 0
         manifest = {"version": FORMAT_VERSION, "family": fam, "sender": snd, "tokens": n, "chain": last,
-                    "num_layers": cap.num_layers, "e_layers": e_layers, "fmt": self.fmt, "created": time.time()}
+                    "num_layers": cap.num_layers, "e_layers": e_layers, "fmt": self.fmt, "created": time.time(),
+                    "producer": cap.producer.to_dict()}
         ok = self.backend.put(self.keys.manifest(fam, snd, last), json.dumps(manifest).encode())
         mkey = self.keys.manifest(fam, snd, last).encode()
         for ch in chains:
@@ -129,11 +134,19 @@ class CacheStore:
                 man = self._manifest(raw, fam, snd, num_layers)
                 if man is not None:
                     hits.append(Hit(snd, (i + 1) * self.block, man["chain"], man["tokens"], man["num_layers"],
-                                    tuple(man["e_layers"]), man["fmt"]))
+                                    tuple(man["e_layers"]), self._producer(man, snd)))
                     break
         self.stats.bump("lookups")
         self.stats.bump("lookup_hits" if hits else "lookup_misses")
         return sorted(hits, key=lambda h: -h.tokens)
+
+    def _producer(self, man: dict, sender: str) -> WeightSummary | None:
+        """The producing weights' summary from a manifest, when it holds one for this very sender."""
+        try:
+            p = WeightSummary.from_dict(man["producer"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return p if p.identity == sender else None
 
     def _manifest(self, mkey: bytes | None, fam: str, snd: str, num_layers: int | None) -> dict | None:
         if not mkey:
@@ -154,6 +167,7 @@ class CacheStore:
 
     # ------------------------------------------------------------------ reading
     def fetch_one(self, hit: Hit, item: Item, family: FamilyFingerprint, dtype: torch.dtype):
+        """One entry, decoded and checked; None (counted, logged, deleted when bad) when unusable."""
         kind, layer = item
         key = self.keys.entry(family.digest, hit.sender, hit.chain, layer, kind)
         t0 = time.perf_counter()
@@ -161,14 +175,14 @@ class CacheStore:
         self.stats.fetch_s += time.perf_counter() - t0
         if raw is None:
             self.stats.bump("missing")
-            log.warning("store entry missing: %s %d of %s; recomputing", kind, layer, hit.sender[:12])
+            log.warning("store entry missing: %s %d of %s; recomputing", kind.value, layer, hit.sender[:12])
             self.invalidate(hit, family)
             return None
         self.stats.fetched_bytes += len(raw)
         try:
             t = decode(raw, key, dtype)
             n_all = hit.stored_tokens
-            if kind == "kv":
+            if kind == TensorKind.KV:
                 k, v = t["k"], t["v"]
                 want = (1, family.num_kv_heads, n_all, family.head_dim)
                 if tuple(k.shape) != want or tuple(v.shape) != want:
@@ -180,7 +194,7 @@ class CacheStore:
             return e[:, :hit.tokens]
         except (CorruptEntry, KeyError) as err:
             self.stats.bump("corrupt")
-            log.warning("store entry %s %d of %s refused (%s); recomputing", kind, layer, hit.sender[:12], err)
+            log.warning("store entry %s %d of %s refused (%s); recomputing", kind.value, layer, hit.sender[:12], err)
             self.backend.delete(key)
             self.invalidate(hit, family)
             return None
@@ -190,20 +204,22 @@ class CacheStore:
         self.backend.delete(self.keys.manifest(family.digest, hit.sender, hit.chain))
         self.stats.bump("invalidated")
 
-    def fetcher(self, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype) -> "Fetcher":
-        return Fetcher(self, hit, items, family, dtype)
+    def source(self, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype) -> "FetchSource":
+        """Start fetching ``items`` in order; the result answers as a layer source."""
+        return FetchSource(self, hit, items, family, dtype)
 
 
-class Fetcher:
-    """Fetches ``items`` in order on a background thread; ``get`` waits for one of them."""
+class FetchSource:
+    """Fetches ``items`` in order on a background thread; answers ``e(layer)`` / ``kv(layer)``
+    (a :class:`~droidspeak.assemble.LayerSource`) as soon as that entry has arrived."""
 
-    def __init__(self, store: CacheStore, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype):
+    def __init__(self, store: CacheStore, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype,
+                 timeout_s: float = 120.0):
         self.store, self.hit, self.family, self.dtype = store, hit, family, dtype
         self.items = list(dict.fromkeys(items))
+        self.timeout_s = timeout_s
         self._events = {it: threading.Event() for it in self.items}
         self._values: dict[Item, object] = {}
-        self.arrival: dict[Item, float] = {}
-        self.t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True, name="droidspeak-fetch")
         self._thread.start()
 
@@ -214,14 +230,19 @@ class Fetcher:
             except Exception as e:  # noqa: BLE001 - a fetch fault must become a miss, never a crash
                 log.warning("fetch of %s failed: %s", it, e)
                 self._values[it] = None
-            self.arrival[it] = time.perf_counter() - self.t0
             self._events[it].set()
 
-    def get(self, item: Item, timeout: float = 120.0):
+    def _get(self, item: Item):
         ev = self._events.get(item)
-        if ev is None or not ev.wait(timeout):
+        if ev is None or not ev.wait(self.timeout_s):
             return None
         return self._values.get(item)
+
+    def e(self, layer: int):
+        return self._get((TensorKind.E, layer))
+
+    def kv(self, layer: int):
+        return self._get((TensorKind.KV, layer))
 
     def wait_all(self) -> None:
         self._thread.join()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kinds import TensorKind
+
 FORMAT_VERSION = 1
 DEFAULT_BLOCK = 16
 _NS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -51,9 +53,8 @@ class KeySpace:
     def root(self) -> str:
         return f"ds{self.version}:{self.namespace}"
 
-    def entry(self, family: str, sender: str, chain: str, layer: int, kind: str) -> str:
-        assert kind in ("kv", "e")
-        return f"{self.root}:{family}:{sender}:{chain}:{kind}:{layer}"
+    def entry(self, family: str, sender: str, chain: str, layer: int, kind: TensorKind) -> str:
+        return f"{self.root}:{family}:{sender}:{chain}:{TensorKind(kind).value}:{layer}"
 
     def manifest(self, family: str, sender: str, chain: str) -> str:
         return f"{self.root}:{family}:{sender}:{chain}:manifest"

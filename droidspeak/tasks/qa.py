@@ -61,7 +61,9 @@ def _person(rng: random.Random) -> dict[str, Any]:
 
 
 def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
-             lengths: tuple[int, int] | None = None) -> list[Example]:
+             lengths: tuple[int, int] | None = None, questions: int = 1) -> list[Example]:
+    """``n`` contexts, each with ``questions`` questions about distinct people (consecutive rows share
+    the context; with one question the rows are those of every earlier version)."""
     rng = rng_for(split, seed)
     count = TokenCounter(tokenizer)
     rows = []
@@ -84,9 +86,15 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
             total += count(text) + 1
         gold = rng.choice(people)
         attr = rng.choice(ATTRS)
-        q = _QUESTIONS[split][attr].format(name=gold["name"])
         title = f"Registry of the {names.word(rng)} district"
         context = title + "\n\n" + "\n".join(paras)
-        rows.append(Example(context, _REQUEST[split].format(q=q), gold[attr], "qa",
-                            {"split": split, "attr": attr, "approx_tokens": total, "index": i}))
+        asked = {gold["name"]}
+        for j in range(questions):
+            if j:  # further questions draw after the first, so one-question rows never change
+                gold = rng.choice([p for p in people if p["name"] not in asked] or people)
+                attr = rng.choice(ATTRS)
+                asked.add(gold["name"])
+            q = _QUESTIONS[split][attr].format(name=gold["name"])
+            rows.append(Example(context, _REQUEST[split].format(q=q), gold[attr], "qa",
+                                {"split": split, "attr": attr, "approx_tokens": total, "index": i, "question": j}))
     return rows

@@ -60,7 +60,9 @@ def reference_call(fn: str, order: dict[str, Any]) -> str:
 
 
 def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
-             lengths: tuple[int, int] | None = None) -> list[Example]:
+             lengths: tuple[int, int] | None = None, questions: int = 1) -> list[Example]:
+    """``n`` logs, each with ``questions`` requests about distinct customers (consecutive rows share
+    the context; with one request the rows are those of every earlier version)."""
     rng = rng_for(split, seed)
     count = TokenCounter(tokenizer)
     rows = []
@@ -83,6 +85,13 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
         fn = rng.choice(list(ACTIONS))
         context = f"Order log, warehouse {names.word(rng)}\n\n" + "\n".join(lines)
         prompt = rng.choice(_REQUEST[split]).format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
-        rows.append(Example(context, prompt, reference_call(fn, gold), "toolcall",
-                            {"split": split, "approx_tokens": total, "index": i}))
+        asked = {gold["customer"]}
+        for j in range(questions):
+            if j:  # further requests draw after the first, so one-request rows never change
+                gold = rng.choice([o for o in orders if o["customer"] not in asked] or orders)
+                fn = rng.choice(list(ACTIONS))
+                prompt = rng.choice(_REQUEST[split]).format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
+                asked.add(gold["customer"])
+            rows.append(Example(context, prompt, reference_call(fn, gold), "toolcall",
+                                {"split": split, "approx_tokens": total, "index": i, "question": j}))
     return rows

@@ -1,0 +1,57 @@
+"""A generation request as the engine tracks it, from submission to its last token."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..prompt import PromptTokens
+from ..result import ReuseInfo
+
+
+@dataclass
+class Request:
+    """What a client asked (the first fields) and where the engine is with it (the rest)."""
+
+    model: str
+    prompt: PromptTokens
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None  # "token" {text} | "done" {...}
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    created: float = field(default_factory=time.time)
+    cancelled: bool = False
+    # ---- state, owned by the engine thread
+    out: list[int] = field(default_factory=list)  # generated token ids
+    text: str = ""  # detokenized output sent so far
+    length: int = 0  # tokens in this request's cache
+    reuse: ReuseInfo | None = None  # how its prefill shared (set when the prefill ends)
+    recomputed_layers: list[int] = field(default_factory=list)
+    from_model: str | None = None  # the hosted model whose cache it reused (or "identity:..."), if any
+    activation_at: int | None = None  # an activated adapter's activation point in the prompt
+    t_prefill_start: float | None = None
+    t_first: float | None = None
+    t_last: float | None = None
+    finish_reason: str | None = None
+    cache: Any = None  # its own cache until it joins a decode group
+    steps: Any = None  # its running prefill (a generator)
+    rng: torch.Generator | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.reuse.reused_tokens if self.reuse else 0
+
+    def ttft_s(self) -> float | None:
+        return (self.t_first - self.created) if self.t_first else None
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit (or the engine is shutting down)."""

@@ -1,0 +1,124 @@
+"""Running model code for the engine: a prefill step, a batched decode step, sampling.
+
+Prefill goes through the one sharing path (:func:`droidspeak.sharing.prefill_steps`), so the
+server and the CLI decide and assemble caches the same way. Decode batches the running requests
+of one model: their caches are stacked left-padded into one cache with room to decode into
+(:meth:`droidspeak.surface.ModelSurface.stack`), rebuilt only when a request joins or leaves or the
+room runs out. A model with sliding-window layers decodes each request from its own cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..result import PrefillResult
+from ..sharing import PlanFloor, ShareOptions, prefill_steps
+from ..store.cache import CacheStore
+from .config import Settings
+from .host import ModelHost
+from .request import Request
+from .scheduler import DecodeGroup
+
+
+class ModelRunner:
+    def __init__(self, host: ModelHost, store: CacheStore | None, settings: Settings, guard: PlanFloor | None = None):
+        self.host, self.store, self.settings = host, store, settings
+        self.guard = guard
+
+    # ------------------------------------------------------------------ prefill
+    def start_prefill(self, r: Request, waiting: int) -> None:
+        s = self.settings
+        opts = ShareOptions(policy=s.policy, share=s.share, min_hit_fraction=s.min_hit_fraction, waiting=waiting,  # type: ignore[arg-type]
+                            slo_s=s.ttft_slo_s, chunk=s.prefill_chunk, room=r.max_tokens + 1)
+        r.steps = prefill_steps(self.host.get(r.model).loaded, self.store, r.prompt, opts, peers=self.host.peers(),
+                                guard=self.guard)
+
+    def prefill_step(self, r: Request) -> PrefillResult | None:
+        """Advance ``r``'s prefill by one step; its result when it ends, else None."""
+        with self.host.active(r.model):
+            try:
+                next(r.steps)
+                return None  # more chunks to go
+            except StopIteration as done:
+                r.steps = None
+                return done.value
+
+    # ------------------------------------------------------------------ decode
+    def decode(self, g: DecodeGroup) -> list[tuple[Request, torch.Tensor]]:
+        """One decode step for every running request of the group: ``(request, logits)`` pairs."""
+        with self.host.active(g.model) as model:
+            surface = model.surface
+            if g.needs_rebuild(self.settings.max_batch):
+                self._rebuild(g, surface)
+            if not g.reqs:
+                return []
+            offsets = [1 if r.activation_at is not None else 0 for r in g.reqs] if model.activation else None
+            with torch.inference_mode():
+                if len(g.reqs) == 1 and g.cache is None:  # one request: its own cache, no padding
+                    r = g.reqs[0]
+                    logits = surface.forward(torch.tensor([[r.out[-1]]]), r.cache, 1, r.activation_at)
+                    out = [(r, logits[-1])]
+                else:
+                    ids = torch.tensor([[r.out[-1]] for r in g.reqs])
+                    pos = torch.tensor([[r.length] for r in g.reqs])
+                    mask = torch.cat([g.mask, torch.ones(len(g.reqs), 1, dtype=torch.long)], dim=1)
+                    logits = surface.decode_step(ids, pos, mask, g.cache, offsets)
+                    g.mask, g.width, g.room = mask, g.width + 1, g.room - 1
+                    out = list(zip(g.reqs, logits))
+        for r in g.reqs:
+            r.length += 1
+        return out
+
+    def _rebuild(self, g: DecodeGroup, surface) -> None:
+        """Drop the leaving requests, let in pending ones (up to ``max_batch``), and restack.
+
+        A group of one decodes from the request's own cache (no padding, no copy); a group of
+        several from one left-padded batch cache with room for the longest remaining request."""
+        was_batched = g.cache is not None
+        old = {r.id: i for i, r in enumerate(g.reqs)}
+        keep = [r for r in g.reqs if r.id not in g.leaving]
+        limit = 1 if "sliding_attention" in surface.layer_kinds else self.settings.max_batch
+        admit = max(0, limit - len(keep))
+        joining, g.pending = g.pending[:admit], g.pending[admit:]
+        members = keep + joining
+
+        def kv_of(r: Request):
+            if r.cache is not None:  # alone or just prefilled: its own cache
+                return surface.request_kv(r.cache)
+            return surface.unstack(g.cache, old[r.id], r.length, g.width)
+
+        if len(members) >= 2:
+            parts = [kv_of(r) for r in members]
+            room = max(self._left(r) for r in members) + 1
+            g.cache, g.mask = surface.stack(parts, [r.length for r in members], room)
+            g.width, g.room = max(r.length for r in members), room
+            for r in members:
+                r.cache = None
+        elif members:
+            r = members[0]
+            if r.cache is None and was_batched:  # it leaves a batch: back to a cache of its own
+                kv = dict(enumerate(kv_of(r)))
+                r.cache = surface.cache_from(kv, max_tokens=r.length + self._left(r) + 1)
+            g.cache, g.mask, g.width, g.room = None, None, r.length, self._left(r) + 1
+        else:
+            g.cache, g.mask, g.width, g.room = None, None, 0, 0
+        g.reqs, g.leaving = members, set()
+
+    def _left(self, r: Request) -> int:
+        """Tokens ``r`` may still generate."""
+        return max(0, min(r.max_tokens - len(r.out), self.settings.max_model_len - r.length))
+
+    # ------------------------------------------------------------------ sampling
+    @staticmethod
+    def sample(r: Request, logits: torch.Tensor) -> int:
+        if r.temperature < 1e-4:  # greedy (also for temperatures so small that they overflow)
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.double() / r.temperature, dim=-1)
+        if not torch.isfinite(probs).all() or probs.sum() <= 0:
+            return int(torch.argmax(logits))
+        if r.top_p < 1.0:
+            sp, si = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sp, 0) - sp < r.top_p
+            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+            probs = probs / probs.sum()
+        return int(torch.multinomial(probs, 1, generator=r.rng))
