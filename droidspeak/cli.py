@@ -202,15 +202,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
         _emit(args, prof | {"files": files}, f"{sender.name} -> {receiver.name}: exact ({ex.kind.value}), plan "
               f"{ex.plan}, proven from the weights without calibrating: {ex.reason}\nwrote {files['profile']}")
         return 0
-    rows, task_metric, source = _load_rows(args, receiver, "calib")
-    metric = None
-    if args.quality == "gold":
-        metric = task_metric
-        if metric is None:
-            raise DroidspeakError("--quality gold needs --metric (or a task with references)")
-    prompts = [prompt_for(sender, receiver, r.context, r.prompt) for r in rows]
+    if args.from_traffic:  # the prompts the server's shadow checks kept: what users actually send
+        from .guard import TrafficLog
+        from .store import open_backend
+
+        if args.quality == "gold":
+            raise DroidspeakError("traffic has no references: profile it label-free")
+        from .paths import home
+
+        args.store = args.store or f"disk:{home() / 'traffic'}"
+        try:
+            backend = open_backend(args.store, args.from_traffic)
+        except ValueError as e:
+            raise DroidspeakError(str(e)) from None
+        prompts = TrafficLog(backend, args.from_traffic).rows(sender.capture_weights.identity, receiver.identity)
+        prompts = prompts[-args.n:] if args.n else prompts
+        if not prompts:
+            raise DroidspeakError(f"no checked traffic for {sender.name} -> {receiver.name} in namespace "
+                                  f"'{args.from_traffic}' of {args.store}")
+        references, metric = [None] * len(prompts), None
+        source: dict = {"traffic": args.from_traffic, "store": args.store, "rows": len(prompts)}
+    else:
+        rows, task_metric, source = _load_rows(args, receiver, "calib")
+        metric = None
+        if args.quality == "gold":
+            metric = task_metric
+            if metric is None:
+                raise DroidspeakError("--quality gold needs --metric (or a task with references)")
+        prompts = [prompt_for(sender, receiver, r.context, r.prompt) for r in rows]
+        references = [r.reference for r in rows]
     t0 = time.time()
-    prof = Profiler(sender, receiver, prompts, [r.reference for r in rows], metric, budget=args.budget,
+    prof = Profiler(sender, receiver, prompts, references, metric, budget=args.budget,
                     granularity=args.granularity, max_new_tokens=args.max_new_tokens or answer_length(receiver.name, 24),
                     bandwidth_gbps=args.bandwidth_gbps or None, search_budget=args.search_budget,
                     max_minutes=args.max_minutes, progress=not args.json).run()
@@ -322,6 +344,29 @@ def cmd_answer(args: argparse.Namespace) -> int:
     _emit(args, data, f"{answer}\n-- {info.kind.value}: reused {info.reused_tokens} tokens"
                       f"{' from ' + info.sender[:12] if info.sender else ''}, plan {info.plan}, "
                       f"{len(res.recomputed_layers)}/{model.num_layers} layers recomputed, TTFT {res.timings.prefill_s:.3f}s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Ask a running server how every pair shares: plan in force, verified and live agreement."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(args.url.rstrip("/") + "/v1/droidspeak/pairs")
+    key = args.api_key or os.environ.get("DROIDSPEAK_API_KEY")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())["data"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+        raise DroidspeakError(f"cannot read {req.full_url}: {e}") from None
+    fmt = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    rows = [[d["sender"], d["receiver"], d["kind"], d.get("profile_plan") or "-", d["current_plan"],
+             fmt(d.get("verified_agreement")), fmt(d.get("live_agreement")), str(d.get("checks", 0)),
+             str(len(d.get("widened") or []))] for d in data]
+    _emit(args, data, _table(rows, ["sender", "receiver", "kind", "profile plan", "plan now", "verified", "live",
+                                    "checks", "widened"]) if rows else "no pairs share on this server")
     return 0
 
 
@@ -498,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="profile JSON to write (plots go beside it)")
     sp.add_argument("--calibrate", action="store_true",
                     help="measure even a pair the weights prove exact (default: write the proven plan)")
+    sp.add_argument("--from-traffic", metavar="NAMESPACE",
+                    help="profile on the prompts the server's shadow checks kept in this store namespace "
+                         "(the last --n of them), not on generated rows")
+    sp.add_argument("--store", help="with --from-traffic: the server's disk tier (disk:PATH) or Redis; default: "
+                                    "$DROIDSPEAK_HOME/traffic, where a server without a disk tier keeps them")
 
     sp = add("eval", "evaluate a plan on rows: full prefill vs plan vs full reuse, quality and TTFT", cmd_eval)
     sp.add_argument("--sender", required=True)
@@ -536,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--namespace", help="deployment namespace inside the store")
     sp.add_argument("--api-key", help="require this bearer key (or DROIDSPEAK_API_KEY)")
     sp.add_argument("--print-settings", action="store_true", help="print the settings table and exit")
+
+    sp = add("status", "how a running server's pairs share: plans in force, verified and live agreement", cmd_status)
+    sp.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    sp.add_argument("--api-key", help="bearer key (default: DROIDSPEAK_API_KEY)")
 
     sp = add("store-server", "run a Redis-protocol server for the shared store tier (no root needed)",
              cmd_store_server, json_flag=False)

@@ -205,6 +205,17 @@ class QualityGuard(PlanFloor):
                 for st in self.pairs.values()]
 
 
+def traffic_backend(store_backend):
+    """Where checked prompts are kept: the store's disk tier when it has one, else a disk folder
+    under ``$DROIDSPEAK_HOME/traffic`` (never only in memory: a restart must not lose them)."""
+    from .paths import home
+    from .store.backends import DiskBackend, TieredBackend
+
+    tiers = store_backend.tiers if isinstance(store_backend, TieredBackend) else [store_backend]
+    disk = next((t for t in tiers if isinstance(t, DiskBackend)), None)
+    return disk or DiskBackend(home() / "traffic", 256 << 20)
+
+
 class TrafficLog:
     """The prompts shadow checks used, kept (bounded, a ring per pair) in a store backend under the
     namespace, for ``droidspeak profile --from-traffic``."""

@@ -411,16 +411,19 @@ _IDENTITY_KEYS_IF_SET = ("layers_to_transform", "layers_pattern", "alora_invocat
 
 
 def adapter_summary(adapter_dir: Path, base: WeightSummary) -> WeightSummary:
-    """Identity and weight summary of base + adapter, from the adapter's tensors and config (no model).
+    """Identity and weight summary of base + adapter, from the adapter's files (no model needed)."""
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise WeightFileError(f"no adapter_model.safetensors in {adapter_dir} (pickled adapters are refused)")
+    return summarize_adapter(_load_tensors(weights), _adapter_config(adapter_dir), base)
+
+
+def summarize_adapter(tensors: dict[str, torch.Tensor], cfg: dict[str, Any], base: WeightSummary) -> WeightSummary:
+    """Identity and weight summary of base + an adapter's tensors and config.
 
     A layer the adapter has no tensors for keeps the base's digest: its effective weights are the
     base's, bit for bit. An activated adapter's context caches are its base's.
     """
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise WeightFileError(f"no adapter_model.safetensors in {adapter_dir} (pickled adapters are refused)")
-    tensors = _load_tensors(weights)
-    cfg = _adapter_config(adapter_dir)
     relevant = {k: cfg.get(k) for k in _IDENTITY_KEYS} | {k: cfg[k] for k in _IDENTITY_KEYS_IF_SET if cfg.get(k)}
     activation = tuple(int(t) for t in cfg["alora_invocation_tokens"]) if cfg.get("alora_invocation_tokens") else None
     identity = ident.combine("alora" if activation else "lora", base.identity, ident.tensors_digest(tensors), relevant)

@@ -26,6 +26,7 @@ class ReuseInfo:
     profile: str | None = None  # the profile used, for a profiled hit
     missing: tuple[str, ...] = ()  # store entries missing or refused, recomputed instead
     stored_tokens: int = 0  # tokens this prefill stored for others (a miss)
+    source: Any = field(default=None, repr=False, compare=False)  # the Profile behind a profiled hit (the guard's)
 
     @property
     def fallback(self) -> bool:

@@ -171,9 +171,9 @@ def needed_e_layers(model: LoadedModel, peers: Iterable[WeightSummary] = (),
 
 
 def capture_length(receiver: LoadedModel, ids: list[int], block: int) -> int:
-    """Tokens of a miss worth capturing for others: the block-aligned part of the prompt but its last
-    token, and for an activated adapter no further than its activation point (a capture is always
-    its base's cache)."""
+    """Tokens of a miss to prefill as a capture (stored for others when there is a store): the
+    block-aligned part of the prompt but its last token, and for an activated adapter no further
+    than its activation point (a capture is always its base's cache); the rest runs on top."""
     n = (len(ids) - 1) // block * block
     if receiver.activation is not None:
         at = activation_point(ids, receiver.activation)
@@ -189,6 +189,7 @@ def prefill_hit(receiver: LoadedModel, store: CacheStore, d: Decision, prompt: P
     res = prefill_from_store(receiver, store, d.hit, d.plan, prompt, room=opts.room, kind=d.kind)
     res.info.reason = d.reason
     res.info.profile = d.profile.name if d.profile else None
+    res.info.source = d.profile
     store.stats.bump(f"{d.kind.value}_hits")
     return res
 
@@ -200,7 +201,7 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
     captured in chunks (K/V, and the E its peers need), then the rest runs on top (the same model
     with nothing recomputed is exactly its own full prefill)."""
     ids = prompt.ids
-    n = capture_length(receiver, ids, store.block) if store is not None else len(ids) - 1
+    n = capture_length(receiver, ids, store.block if store is not None else 1)
     if n <= 0:  # nothing worth capturing: the model's own prefill in one step
         res = full_prefill(receiver, ids, opts.room)
         res.info.reason = reason

@@ -83,3 +83,33 @@ def tiny_variant(base: LoadedModel, seed: int = 1, scale: float = 0.5, layers: l
             if layers is None or idx in layers:
                 p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * p.std() * scale)
     return _wrap(model, f"{base.name}-variant-{seed}")
+
+
+def tiny_adapter(base: LoadedModel, kind: str = "alora", invocation: tuple[int, ...] = (5, 6, 7),
+                 first_layer: int = 3, seed: int = 0, scale: float = 0.3, merge: bool = False) -> LoadedModel:
+    """A PEFT adapter on a copy of ``base``, its ``lora_B`` filled with noise (a trained one is not
+    zero): ``alora`` (activated from ``invocation`` on), ``top`` (layers ``first_layer``+ only) or
+    ``lora`` (every layer). Its weight summary is computed as for a shipped adapter."""
+    import copy
+
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    from .models import summarize_adapter
+    from .training import AdapterKind, lora_config
+
+    ak = AdapterKind("top", first_layer) if kind == "top" else AdapterKind(kind)  # type: ignore[arg-type]
+    cfg = lora_config(ak, 4, 8, base.num_layers, list(invocation))
+    peft = get_peft_model(copy.deepcopy(base.model), cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    peft.eval()
+    tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft).items()}
+    summary = summarize_adapter(tensors, cfg.to_dict(), base.weights)
+    mk = ModelKind.ALORA if kind == "alora" else ModelKind.LORA
+    model = peft.merge_and_unload() if merge and kind != "alora" else peft
+    return LoadedModel(ModelSpec(f"{base.name}-{kind}-{seed}", mk, None, base.name), model, None, summary.identity,
+                       base.family, summary, {"base_identity": base.identity, "base_weights": base.weights},
+                       base.weights if kind == "alora" else summary)

@@ -201,6 +201,10 @@ def create_app(engine: Engine) -> FastAPI:
              "droidspeak": {"kind": h.kind.value, "identity": h.loaded.identity, "family": h.loaded.family.digest}}
             for name, h in engine.host.models.items()]}
 
+    @app.get("/v1/droidspeak/pairs")
+    async def pairs():
+        return {"object": "list", "data": pairs_status(engine)}
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HttpRequest):
         return await answer(engine, body, http)
@@ -210,6 +214,39 @@ def create_app(engine: Engine) -> FastAPI:
         return await answer(engine, body, http)
 
     return app
+
+
+def pairs_status(engine: Engine) -> list[dict[str, Any]]:
+    """Every hosted (sender, receiver) pair that shares: exact ones with their proven plan, profiled
+    ones with their profile's plan, the plan in force (the guard may have widened it), the profile's
+    verified agreement and the live one from shadow checks."""
+    from ..exact import exactness
+    from ..profile import ProfileIndex
+
+    index = ProfileIndex()
+    guarded = {(st.profile.sender_identity, st.profile.receiver_identity): st for st in engine.guard.pairs.values()}
+    out = []
+    for sname, s in engine.host.models.items():
+        for rname, r in engine.host.models.items():
+            if sname == rname or s.loaded.family != r.loaded.family:
+                continue
+            producer = s.loaded.capture_weights
+            ex = exactness(producer, r.loaded.weights)
+            if ex.exact:
+                out.append({"sender": sname, "receiver": rname, "kind": "exact", "exactness": ex.kind.value,
+                            "current_plan": ex.plan, "profile": None, "verified_agreement": 1.0,
+                            "live_agreement": None, "checks": 0, "widened": []})
+                continue
+            prof = index.find(r.loaded.family.digest, producer.identity, r.loaded.identity)
+            if prof is None:
+                continue
+            st = guarded.get((prof.sender_identity, prof.receiver_identity))
+            out.append({"sender": sname, "receiver": rname, "kind": "profiled", "profile": prof.name,
+                        "profile_plan": prof.chosen_plan, "current_plan": str(st.plan) if st else prof.chosen_plan,
+                        "verified_agreement": st.verified if st else prof.top1.get(prof.chosen_plan),
+                        "live_agreement": st.live() if st else None, "live_first_token_kl": st.live_kl() if st else None,
+                        "checks": st.checks if st else 0, "widened": st.widened if st else []})
+    return out
 
 
 def _openapi(app: FastAPI, engine: Engine) -> dict[str, Any]:

@@ -35,6 +35,17 @@ class Settings:
     share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models (false: same-model prefix hits only)")
     min_hit_fraction: float = _f(0.5, "DROIDSPEAK_MIN_HIT_FRACTION",
                                  "use a stored prefix only when it covers this much of the prompt")
+    shadow_fraction: float = _f(0.02, "DROIDSPEAK_SHADOW_FRACTION",
+                                "share of profiled cross-model hits re-checked against the receiver's own prefill "
+                                "when the engine is idle (0: the quality guard is off)")
+    shadow_tokens: int = _f(16, "DROIDSPEAK_SHADOW_TOKENS", "generated tokens a shadow check compares")
+    guard_window: int = _f(32, "DROIDSPEAK_GUARD_WINDOW", "shadow checks kept per pair and plan")
+    guard_min_samples: int = _f(8, "DROIDSPEAK_GUARD_MIN_SAMPLES", "checks in the window before the guard may widen a plan")
+    guard_tolerance: float = _f(0.05, "DROIDSPEAK_GUARD_TOLERANCE",
+                                "widen a plan when live agreement falls this far below the profile's verified one")
+    traffic_per_pair: int = _f(200, "DROIDSPEAK_TRAFFIC_PER_PAIR",
+                               "checked prompts kept per pair for `droidspeak profile --from-traffic`")
+    guard_seed: int = _f(0, "DROIDSPEAK_GUARD_SEED", "seed of the shadow sampling")
 
     @classmethod
     def load(cls, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> "Settings":

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from ..guard import GuardSettings, QualityGuard, ShadowJob, TrafficLog, traffic_backend
+from ..kinds import ShareKind
 from ..store.cache import CacheStore
 from .config import Settings
 from .host import Hosted, ModelHost
@@ -32,8 +34,10 @@ class Engine:
         self.host, self.store, self.settings = host, store, settings
         self.metrics = metrics or Metrics()
         self.scheduler = Scheduler(settings.max_waiting)
-        self.runner = ModelRunner(host, store, settings)
+        self.guard = self._make_guard(settings, store)
+        self.runner = ModelRunner(host, store, settings, self.guard)
         self.output = OutputProcessor(host, self.metrics, settings.max_model_len)
+        self._shadow = None  # the running shadow check (a generator) and its model
         self.thread = threading.Thread(target=self._loop, name="droidspeak-engine", daemon=True)
         self.started = time.time()
 
@@ -64,9 +68,26 @@ class Engine:
     def load(self) -> dict[str, int]:
         return self.scheduler.load()
 
+    def _make_guard(self, s: Settings, store: CacheStore | None) -> QualityGuard:
+        traffic = (TrafficLog(traffic_backend(store.backend), store.keys.namespace, s.traffic_per_pair)
+                   if store is not None and s.shadow_fraction > 0 else None)
+        guard = QualityGuard(GuardSettings(s.shadow_fraction, s.shadow_tokens, s.guard_window, s.guard_min_samples,
+                                           s.guard_tolerance, s.guard_seed), traffic)
+        m = self.metrics
+
+        def on_check(job, check, st):
+            labels = (job.receiver, self.host.name_of(job.sender) or "?")
+            m.shadow_checks.labels(*labels).inc()
+            m.shadow_agreement.labels(*labels).set(st.live() or 0.0)
+            m.shadow_kl.labels(*labels).set(st.live_kl() or 0.0)
+
+        guard.on_check = on_check
+        guard.on_widen = lambda st, old, new: m.plan_widened.labels(st.receiver, self.host.name_of(st.sender) or "?").inc()
+        return guard
+
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
-        while self.scheduler.wait_for_work(0.5):
+        while self.scheduler.wait_for_work(0.5, background=self._background_pending()):
             try:
                 self.step()
             except Exception as e:  # noqa: BLE001 - the engine must keep serving
@@ -84,10 +105,15 @@ class Engine:
                     g.leaving.add(r.id)
                     self.output.finish(r, "abort")
             for r, logits in self.runner.decode(g):
+                if r.shadow is not None:
+                    r.shadow.plan_choices.append(int(logits.argmax()))
                 self.output.token(r, self.runner.sample(r, logits))
+                self._shadow_ready(r)
                 if r.finish_reason is not None:
                     g.leaving.add(r.id)
             self.metrics.running.labels(g.model).set(g.size)
+        if self.scheduler.idle():  # background work never runs ahead of a waiting or prefilling request
+            self._shadow_step()
 
     def _prefill_step(self) -> None:
         r, skipped = self.scheduler.next_prefill()
@@ -114,9 +140,49 @@ class Engine:
         r.from_model = self.host.name_of(res.info.sender)
         r.cache, r.length = res.cache, len(r.prompt.ids)
         self.output.prefilled(r)
+        if res.info.kind == ShareKind.PROFILED and res.info.source is not None and self.guard.sample():
+            r.shadow = ShadowJob(r.model, res.info.sender or "", res.info.source, res.info.plan, r.prompt, [],
+                                 [int(res.logits.argmax())], res.logits.detach().float().clone(), res.info.reused_tokens)
         self.output.token(r, self.runner.sample(r, res.logits))
+        self._shadow_ready(r)
         if r.finish_reason is None:
             self.scheduler.join(r)
+
+    # ------------------------------------------------------------------ the quality guard's background work
+    def _shadow_ready(self, r: Request) -> None:
+        """A sampled request hands its check to the guard once it has its first N tokens (or ends)."""
+        job = r.shadow
+        if job is None or (len(r.out) < self.guard.settings.shadow_tokens and r.finish_reason is None):
+            return
+        r.shadow = None
+        job.served = list(r.out[:self.guard.settings.shadow_tokens])
+        job.plan_choices = job.plan_choices[:len(job.served)]
+        if job.served:
+            self.guard.submit(job)
+
+    def _background_pending(self) -> bool:
+        return self._shadow is not None or self.guard.pending()
+
+    def _shadow_step(self) -> None:
+        """Advance the current shadow check by one chunk (or start the next one)."""
+        if self._shadow is None:
+            job = self.guard.next_job()
+            if job is None:
+                return
+            try:
+                receiver = self.host.get(job.receiver).loaded
+            except Exception:  # noqa: BLE001 - a model no longer served: drop the check
+                return
+            self._shadow = (job.receiver, self.guard.check_steps(job, receiver, self.settings.prefill_chunk))
+        name, steps = self._shadow
+        with self.host.active(name):
+            try:
+                next(steps)
+            except StopIteration:
+                self._shadow = None
+            except Exception as e:  # noqa: BLE001 - a failed check is dropped, never a failed server
+                log.warning("shadow check failed: %s", e)
+                self._shadow = None
 
     def _fail_current(self, e: Exception) -> None:
         r = self.scheduler.prefilling

@@ -33,6 +33,14 @@ class Metrics:
         self.waiting = Gauge("droidspeak:num_requests_waiting", "Requests queued", m, registry=r)
         self.store_bytes = Gauge("droidspeak:store_bytes", "Bytes held per store tier", ["tier"], registry=r)
         self.store_errors = Gauge("droidspeak:store_errors", "Storage errors per tier", ["tier"], registry=r)
+        pair = m + ["from_model"]
+        self.shadow_checks = Counter("droidspeak:shadow_checks", "Profiled hits re-checked against the receiver's own "
+                                     "prefill", pair, registry=r)
+        self.shadow_agreement = Gauge("droidspeak:shadow_agreement", "Rolling agreement of the served plan's greedy "
+                                      "choices with the receiver's own (teacher-forced)", pair, registry=r)
+        self.shadow_kl = Gauge("droidspeak:shadow_first_token_kl", "Rolling first-token KL between the served plan "
+                               "and the receiver's own prefill", pair, registry=r)
+        self.plan_widened = Counter("droidspeak:plan_widened", "Plans the quality guard widened", pair, registry=r)
 
     def observe_store(self, store) -> None:
         """Refresh the store gauges (bytes and errors per tier) before an exposition."""

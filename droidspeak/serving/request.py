@@ -44,6 +44,7 @@ class Request:
     cache: Any = None  # its own cache until it joins a decode group
     steps: Any = None  # its running prefill (a generator)
     rng: torch.Generator | None = None
+    shadow: Any = None  # a ShadowJob being filled while it decodes (sampled for the quality guard)
 
     @property
     def cached_tokens(self) -> int:
