@@ -16,9 +16,10 @@ A new architecture is taught here and added to :data:`SUPPORTED_ARCHITECTURES`; 
 contract refuses every other one before anything runs.
 
 Caches. The receiver's cache for a request is preallocated for the prompt and the tokens it may
-generate (:meth:`ModelSurface.new_cache` with ``max_tokens``: transformers' ``StaticCache``), so
-reused layers are copied in once and the suffix and decoding append in place, with no
-concatenation. A cache without ``max_tokens`` is the model's own ``DynamicCache``.
+generate (:meth:`ModelSurface.new_cache` with ``max_tokens``), so reused layers are copied in once
+and the suffix and decoding append in place, with no concatenation, and attention sees only the
+filled part. ``static=True`` gives transformers' fixed-shape ``StaticCache`` instead, for CUDA
+graphs. A cache without ``max_tokens`` is the model's own ``DynamicCache``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, StaticCache
-from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from .errors import DroidspeakError
@@ -41,6 +42,58 @@ SUPPORTED_ARCHITECTURES = frozenset({
 })
 FULL, SLIDING = "full_attention", "sliding_attention"
 KV = tuple[torch.Tensor, torch.Tensor]  # K, V: [batch, kv_heads, tokens, head_dim] each
+
+
+class InPlaceLayer(DynamicLayer):
+    """A full-attention cache layer whose K/V live in a buffer preallocated for ``max_tokens``:
+    appending writes in place (no concatenation, no copy of what is there), and attention sees only
+    the filled part (no padding to attend over, as a static cache's would). Otherwise a DynamicLayer.
+
+    NOTE: keys/values here are views of the first ``n`` columns of the buffers: [B, kv_heads, n, D].
+    """
+
+    def __init__(self, max_tokens: int):
+        super().__init__()
+        self.max_tokens = int(max_tokens)
+        self.n = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        self._k = key_states.new_zeros(b, h, self.max_tokens, d)
+        self._v = value_states.new_zeros(b, h, self.max_tokens, value_states.shape[-1])
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        m = key_states.shape[-2]
+        if self.n + m > self.max_tokens:
+            raise RuntimeError(f"cache full: {self.n} + {m} tokens > {self.max_tokens} preallocated")
+        self._k[:, :, self.n:self.n + m].copy_(key_states)
+        self._v[:, :, self.n:self.n + m].copy_(value_states)
+        self.n += m
+        self.keys, self.values = self._k[:, :, :self.n], self._v[:, :, :self.n]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+    def get_max_length(self) -> int:
+        return self.max_tokens
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop with a negative count: the number of tokens to remove")
+        self.n = max(0, self.n + tokens_to_remove)
+        if self.is_initialized:
+            self.keys, self.values = self._k[:, :, :self.n], self._v[:, :, :self.n]
+
+    def reset(self) -> None:
+        self.n = 0
+        if self.is_initialized:
+            self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
 
 
 def unsupported_reason(architecture: str) -> str | None:
@@ -151,11 +204,18 @@ class ModelSurface:
         """A cache that keeps every token of every layer (what captures and stores hold)."""
         return DynamicCache()  # no config: every layer a plain DynamicLayer, made as the forward reaches it
 
-    def new_cache(self, max_tokens: int | None = None) -> Any:
-        """The model's own cache: preallocated for ``max_tokens`` (written in place), else growing."""
+    def new_cache(self, max_tokens: int | None = None, static: bool = False) -> Any:
+        """The model's own cache. With ``max_tokens``: full-attention layers preallocated and written in
+        place (:class:`InPlaceLayer`), sliding-window layers keeping their window as the model's own
+        do; with ``static``, transformers' fixed-shape ``StaticCache`` (what CUDA graphs need).
+        Without: the model's growing ``DynamicCache``."""
         if max_tokens is None:
             return DynamicCache(config=self.config)
-        return StaticCache(config=self.config, max_cache_len=int(max_tokens))
+        if static:
+            return StaticCache(config=self.config, max_cache_len=int(max_tokens))
+        _, kw = get_layer_types_and_kwargs(self.config.get_text_config(decoder=True))
+        return Cache(layers=[InPlaceLayer(max_tokens) if kind == FULL else DynamicSlidingWindowLayer(**k)
+                             for kind, k in zip(self.layer_kinds, kw)])
 
     def write_kv(self, cache: Any, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Put K/V of the first tokens into an empty layer of ``cache``, as the model would have (a
@@ -182,8 +242,9 @@ class ModelSurface:
         out = DynamicCache(config=self.config)
         for src, dst in zip(cache.layers, out.layers):
             if src.is_initialized:
-                k = src.keys[:, :, :self.seq_length(cache)] if isinstance(cache, StaticCache) else src.keys
-                v = src.values[:, :, :k.shape[2]]
+                if isinstance(cache, StaticCache):
+                    raise ValueError("fork a growing or in-place cache, not a fixed-shape one")
+                k, v = src.keys, src.values
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
                 dst.lazy_initialization(k, v)
                 dst.keys, dst.values = k, v
