@@ -11,11 +11,26 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the vector extensions that matter to torch on it (read, not assumed)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(ext) or 'no AVX2'})"
+
+
 def provenance(**machine_extra: Any) -> dict[str, Any]:
     import torch
 
     return {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                         "cores": os.cpu_count(), "torch": torch.__version__} | machine_extra}
 
 

@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
-# Profile every shipped pair (label-free, budget 1%, granularity 2, 10 calibration rows of 1-2K
-# tokens), then evaluate each chosen plan on held-out rows of about 4K tokens.
-# Writes profiles/SENDER__RECEIVER.json (+ plots) and bench/results/eval_SENDER__RECEIVER.json.
-#   bash bench/profile_all.sh            # ~1 h on a 2-core CPU
+# Every shipped pair's profile, and what the variants are worth:
+#  1. profiled pairs (label-free, budget 1%, granularity 2, calibration rows of 1-2K tokens), then each
+#     chosen plan evaluated on held-out rows of about 4K tokens;
+#  2. cache-compatible pairs (activated LoRA, LoRA on the top layers): the plan the weights prove
+#     exact, written without calibrating;
+#  3. each task's variants (LoRA, activated, top:20) against the base on the same held-out rows.
+# Writes profiles/SENDER__RECEIVER.json (+ plots), bench/results/eval_*.json and variants_*.json.
+#   bash bench/profile_all.sh            # hours on a 2-core CPU; PAIRS=... / SKIP_PROFILE=1 / SKIP_VARIANTS=1 narrow it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DS=.venv/bin/droidspeak
-PAIRS=${PAIRS:-"smollm2-135m-instruct:smollm2-qa smollm2-135m-instruct:smollm2-code smollm2-135m-instruct:smollm2-toolcall smollm2-toolcall:smollm2-code"}
+B=smollm2-135m-instruct
+PAIRS=${PAIRS:-"$B:smollm2-qa $B:smollm2-code $B:smollm2-toolcall smollm2-toolcall:smollm2-code"}
+EXACT=${EXACT:-"$B:smollm2-qa-alora $B:smollm2-code-alora $B:smollm2-toolcall-alora $B:smollm2-qa-top20 $B:smollm2-code-top20 $B:smollm2-toolcall-top20"}
 if [ "${SKIP_PROFILE:-0}" != 1 ]; then
   for pair in $PAIRS; do
     s=${pair%%:*}; r=${pair##*:}
-    $DS profile --sender "$s" --receiver "$r" --n "${N_PROFILE:-10}" --out "profiles/${s}__${r}.json"
+    $DS profile --sender "$s" --receiver "$r" --n "${N_PROFILE:-8}" --max-minutes "${MAX_MINUTES:-40}" \
+      --out "profiles/${s}__${r}.json"
   done
 fi
-for pair in $PAIRS; do
+for pair in $EXACT; do
   s=${pair%%:*}; r=${pair##*:}
-  $DS eval --sender "$s" --receiver "$r" --plan "profile:profiles/${s}__${r}.json" --n "${N_EVAL:-10}" \
-    --min-tokens 3500 --max-tokens 4500 --out "bench/results/eval_${s}__${r}.json"
+  $DS profile --sender "$s" --receiver "$r" --out "profiles/${s}__${r}.json"
 done
+if [ "${SKIP_EVAL:-0}" != 1 ]; then
+  for pair in $PAIRS; do
+    s=${pair%%:*}; r=${pair##*:}
+    $DS eval --sender "$s" --receiver "$r" --plan "profile:profiles/${s}__${r}.json" --n "${N_EVAL:-8}" \
+      --min-tokens 3500 --max-tokens 4500 --out "bench/results/eval_${s}__${r}.json"
+  done
+fi
+if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
+  for task in qa code toolcall; do
+    $DS variants eval smollm2-$task smollm2-$task-alora smollm2-$task-top20 --n "${N_VARIANTS:-30}" \
+      --out "bench/results/variants_smollm2-$task.json"
+  done
+fi

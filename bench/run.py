@@ -74,6 +74,39 @@ def summary(mode: str, command: str) -> dict:
         out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {slo}s at {top} workflows/s, with "
                                         "sharing over without (base then smollm2-qa on each context)")
         out["throughput_command"] = lo["command"]
+    ex = _load("exact_ttft.json")
+    if ex:
+        act = [e for e in ex["results"] if e["exactness"]["kind"] == "activated"] or ex["results"]
+        out["exact_ttft_speedup_4k"] = sum(e["ttft_speedup"] for e in act) / len(act)
+        out["exact_ttft_speedup_4k_by_variant"] = {e["variant"]: e["ttft_speedup"] for e in ex["results"]}
+        out["exact_answer_agreement_4k"] = min(e["answer_agreement"] for e in ex["results"])
+        out["exact_definition"] = ("a cache-compatible variant's own full prefill over its exact reuse of the base's "
+                                   "capture, held-out rows of its task at ~4K tokens (mean over activated variants); "
+                                   "agreement: the share of rows whose answers are identical (min over variants)")
+        out["exact_command"] = ex["command"]
+    ratios = {}
+    for f in sorted(RES.glob("variants_*.json")):
+        v = json.loads(f.read_text())
+        lora = next((n for n in v["variants"] if not n.endswith(("-alora", "-top20"))), None)
+        alora = next((n for n in v["variants"] if n.endswith("-alora")), None)
+        if lora and alora and v["scores"].get(lora):
+            ratios[v["task"]] = v["scores"][alora] / v["scores"][lora]
+    if ratios:
+        out["exact_quality_vs_lora"] = sum(ratios.values()) / len(ratios)
+        out["exact_quality_vs_lora_by_task"] = ratios
+        out["exact_quality_definition"] = ("held-out quality of the activated variant over the standard LoRA's, same "
+                                           "rows, same training data and steps (mean over tasks)")
+    fl = _load("fleet_load.json")
+    if fl:
+        top = sorted(fl["modes"]["sharing"], key=float)[-1]
+        good = {m: fl["modes"][m][top]["requests_per_s"] * fl["modes"][m][top]["slo_attainment"]
+                for m in ("sharing", "no_sharing")}
+        out["fleet_throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
+        out["fleet_requests_per_s"] = {m: fl["modes"][m][top]["requests_per_s"] for m in ("sharing", "no_sharing")}
+        out["fleet_slo_attainment"] = {m: fl["modes"][m][top]["slo_attainment"] for m in ("sharing", "no_sharing")}
+        out["fleet_definition"] = (f"requests/s that met the TTFT SLO of {fl['slo_s']}s at {top} workflows/s "
+                                   f"({' -> '.join(fl['models'])} per context), sharing over not sharing")
+        out["fleet_command"] = fl["command"]
     return out
 
 

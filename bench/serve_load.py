@@ -1,12 +1,15 @@
-"""Serving under load: a two-model workflow over shared contexts, with and without sharing.
+"""Serving under load: a workflow of several models over shared contexts, with and without sharing.
 
-Workflows arrive as a Poisson process; each sends model A a request over a fresh long context and,
-when A has answered, model B a request over the same context (an agent pipeline: B reads what A
-read). The real server (`droidspeak serve`, loopback, in-process store) runs twice, with sharing
-on and off (`DROIDSPEAK_SHARE`); everything else is identical, including the arrival times.
-TTFT is measured by the client (queueing included) from the first streamed token.
+Workflows arrive as a Poisson process; each sends the first model a request over a fresh long
+context and, when it has answered, each next model its own request over the same context (an agent
+pipeline, or a fleet of variants over one document: each reads what the first read). The real
+server (`droidspeak serve`, loopback, in-process store) runs twice, with sharing on and off
+(`DROIDSPEAK_SHARE`); everything else is identical, including the arrival times. TTFT is measured
+by the client (queueing included) from the first streamed token.
 
     .venv/bin/python bench/serve_load.py --models smollm2-toolcall,smollm2-code --out bench/results/serve_load.json
+    .venv/bin/python bench/serve_load.py --models smollm2-135m-instruct,smollm2-qa-alora,smollm2-toolcall-alora,smollm2-code-alora \
+        --out bench/results/fleet_load.json      # the base and its cache-compatible fleet
 """
 
 from __future__ import annotations
@@ -29,12 +32,21 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-QUESTIONS = {  # each model's own kind of request about the shared document (QA uses the row's question)
-    "smollm2-toolcall": "Produce a JSON call to refund_order for the first person listed, with order_id, product, "
-                        "quantity and city.",
-    "smollm2-code": "Write the first line of a Python function that counts the entries of this registry.",
-    "smollm2-135m-instruct": "Summarize the document in one sentence.",
+QUESTIONS = {  # each task's own kind of request about the shared document (QA uses the row's question)
+    "toolcall": "Produce a JSON call to refund_order for the first person listed, with order_id, product, "
+                "quantity and city.",
+    "code": "Write the first line of a Python function that counts the entries of this registry.",
+    None: "Summarize the document in one sentence.",  # a base
 }
+
+
+def question(model: str, row_prompt: str) -> str:
+    from droidspeak.variants import recipe_of
+
+    r = recipe_of(model)
+    if r is None:
+        return QUESTIONS[None]
+    return QUESTIONS.get(r.task, row_prompt)
 
 
 def _port() -> int:
@@ -151,7 +163,7 @@ def main() -> int:
             mode = {}
             for k, rate in enumerate(args.rates):
                 rows = generate("qa", "heldout", args.workflows, tok, seed=100 + k, lengths=(args.tokens, args.tokens))
-                contexts = [(row.context, [QUESTIONS.get(m, row.prompt) for m in models]) for row in rows]
+                contexts = [(row.context, [question(m, row.prompt) for m in models]) for row in rows]
                 reqs = run_rate(url, models, contexts, rate, args.max_tokens, seed=k)
                 mode[str(rate)] = summarize(reqs, args.slo) | {"raw": reqs}
                 s = mode[str(rate)]

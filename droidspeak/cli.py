@@ -49,8 +49,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models import describe_models
 
     rows = describe_models()
-    text = _table([[r["name"], r["kind"], r["parent"] or "-", r["family"], r["identity"][:16]] for r in rows],
-                  ["name", "kind", "parent", "family", "identity"])
+    text = _table([[r["name"], r["kind"], r["parent"] or "-", r["family"], r["identity"][:16],
+                    ", ".join(f"{c['with']} ({c['plan']})" for c in r["cache_compatible"]) or "-"] for r in rows],
+                  ["name", "kind", "parent", "family", "identity", "reads exactly the caches of (plan)"])
     _emit(args, rows, text)
     return 0
 
@@ -419,11 +420,14 @@ def cmd_variants(args: argparse.Namespace) -> int:
     from . import variants
 
     if args.variants_cmd == "list":
-        rows = [{"name": n, **{"task": r.task, "description": r.description, "steps": r.steps}}
+        rows = [{"name": n, "base": r.parent, "task": r.task, "description": r.description, "steps": r.steps,
+                 "questions_per_context": r.questions, "context_tokens": list(r.train_lengths), "ranks": r.ranks}
                 for n, r in variants.RECIPES.items()]
-        _emit(args, {"variants": rows, "pairs": variants.PAIRS},
-              _table([[r["name"], r["task"], r["description"]] for r in rows], ["name", "task", "description"])
-              + "\npairs (sender -> receiver): " + ", ".join(f"{s} -> {r}" for s, r in variants.PAIRS))
+        _emit(args, {"recipes": rows, "pairs": variants.PAIRS},
+              _table([[r["name"], r["base"], r["task"], str(r["steps"]), r["description"]] for r in rows],
+                     ["recipe", "base", "task", "steps", "description"])
+              + "\nadapter kinds: --adapter lora (NAME), alora (NAME-alora), top:K (NAME-topK)"
+              + "\nprofiled pairs (sender -> receiver): " + ", ".join(f"{s} -> {r}" for s, r in variants.PAIRS))
         return 0
     if args.variants_cmd == "train":
         out = variants.train(args.name, args.adapter, Path(args.out) if args.out else None, args.steps,
