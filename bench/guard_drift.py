@@ -18,7 +18,6 @@ against 0, side by side on fresh servers.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,28 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
-from serve_load import _port  # noqa: E402
+from serve_load import start_server  # noqa: E402
 
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 
 
 def start(models: str, env: dict) -> tuple:
-    import subprocess
-
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port), "--models", models,
-                             "--store", "memory:4GB"], env=dict(os.environ, **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_server(models, **env)
 
 
 def chat(url: str, model: str, context: str, q: str, max_tokens: int) -> dict:

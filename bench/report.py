@@ -437,16 +437,20 @@ def main() -> int:
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
-    # the README carries the variant table too, between markers
+    # the README carries the variant table and the settings table too, between markers
+    from droidspeak.serving.config import Settings
+
+    settings = ["| setting | environment | default | meaning |", "|---|---|---|---|"] + [
+        f"| `{n}` | `{e}` | `{d}` | {h} |" for n, e, d, h in Settings.table()]
     readme = ROOT / "README.md"
     text = readme.read_text()
-    start, end = "<!-- variants:start -->", "<!-- variants:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        table = "\n".join(variants[2:]).strip()
-        readme.write_text(head + start + "\n" + table + "\n" + end + tail)
-    print("wrote BENCHMARKS.md and the README's variant table")
+    for key, table in (("variants", "\n".join(variants[2:]).strip()), ("settings", "\n".join(settings))):
+        start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1]
+    readme.write_text(text)
+    print("wrote BENCHMARKS.md and the README's variant and settings tables")
     return 0
 
 

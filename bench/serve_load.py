@@ -8,7 +8,8 @@ server (`droidspeak serve`, loopback, in-process store) runs twice, with sharing
 by the client (queueing included) from the first streamed token.
 
     .venv/bin/python bench/serve_load.py --models smollm2-toolcall,smollm2-code --out bench/results/serve_load.json
-    .venv/bin/python bench/serve_load.py --models smollm2-135m-instruct,smollm2-qa-alora,smollm2-toolcall-alora,smollm2-code-alora \
+    .venv/bin/python bench/serve_load.py \
+        --models smollm2-135m-instruct,smollm2-qa-alora,smollm2-toolcall-alora,smollm2-code-alora \
         --out bench/results/fleet_load.json      # the base and its cache-compatible fleet
 """
 
@@ -55,9 +56,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: str, share: bool) -> tuple[subprocess.Popen, str]:
+def start_server(models: str, share: bool = True, **env: str) -> tuple[subprocess.Popen, str]:
+    """`droidspeak serve` on a free loopback port with an in-process store; extra settings as environment."""
     port = _port()
-    env = dict(os.environ, DROIDSPEAK_SHARE="1" if share else "0", DROIDSPEAK_MAX_WAITING="512")
+    env = dict(os.environ, DROIDSPEAK_SHARE="1" if share else "0", DROIDSPEAK_MAX_WAITING="512", **env)
     proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port), "--models", models,
                              "--store", "memory:4GB"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

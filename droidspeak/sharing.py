@@ -50,8 +50,8 @@ class ShareOptions:
 
     ``policy``: ``profile`` (the profile's chosen plan), ``bandwidth`` (lowest predicted TTFT within
     budget over the link), ``load`` (``bandwidth`` while requests wait, else the most recomputation
-    that meets ``slo_s``). ``share=False`` allows no cross-model reuse (exact reuse of an activated
-    adapter's own base cache included: only caches its own weights wrote). A hit shorter than
+    that meets ``slo_s``). ``share=False`` allows no cross-model reuse, exact or profiled: only
+    entries its very weights wrote (an activated adapter's captures are its base's, so none). A hit shorter than
     ``min_hit_fraction`` of the prompt (a shared system prompt, say) is not worth its fetches.
     """
 
@@ -109,7 +109,7 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
     hits = store.lookup(receiver.family, ids[:-1], num_layers=L)  # at least one token is the receiver's own
     own = {receiver.identity, receiver.context_identity}
     if not opts.share:
-        hits = [h for h in hits if h.sender in own]
+        hits = [h for h in hits if h.sender == receiver.identity]
     hits = [h for h in hits if h.tokens >= opts.min_hit_fraction * len(ids)]
     hits.sort(key=lambda h: (-h.tokens, h.sender not in own))  # longest first; at equal length, its own
     profiles = profiles or ProfileIndex()

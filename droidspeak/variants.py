@@ -52,7 +52,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "smollm2-qa": Recipe("qa", "extractive QA over long documents: answers with the exact span", max_new_tokens=16),
-    "smollm2-code": Recipe("code", "Python next-line completion over long files", max_new_tokens=40, questions=1),
+    "smollm2-code": Recipe("code", "Python next-line completion over long files", max_new_tokens=40, questions=1,
+                           steps=60),  # one request per context: fewer steps, every kind alike
     "smollm2-toolcall": Recipe("toolcall", "JSON tool calls extracted from long order logs", max_new_tokens=64),
     # the second family: a QA variant of Gemma 3 270M (sliding-window layers), to profile against its base
     "gemma3-qa": Recipe("qa", "extractive QA over long documents (Gemma 3 270M)", parent="gemma3-270m",

@@ -32,7 +32,8 @@ class Settings:
     ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
     policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile",
                      choices=("load", "bandwidth", "profile"))
-    share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models (false: same-model prefix hits only)")
+    share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models, exact and profiled (false: same-model "
+                   "prefix hits only)")
     min_hit_fraction: float = _f(0.5, "DROIDSPEAK_MIN_HIT_FRACTION",
                                  "use a stored prefix only when it covers this much of the prompt")
     shadow_fraction: float = _f(0.02, "DROIDSPEAK_SHADOW_FRACTION",
