@@ -129,10 +129,18 @@ def gpu_section() -> list[str]:
     r = _load("gpu_ttft.json")
     out = ["## On a GPU", ""]
     if not r or r.get("device") == "cpu":
-        return out + ["Not run in this round (no GPU was lent). `python bench/gpu_ttft.py --compile --out "
-                      "bench/results/gpu_ttft.json` runs it in one command (Llama-3-8B shape, random bf16 weights, "
-                      "eager and with the suffix under CUDA graphs, decode against HF generate); "
-                      "`python bench/gpu_ttft.py --device cpu --tiny --compile` is its smoke test.", ""]
+        out += ["Not run in this round (no GPU was lent). `python bench/gpu_ttft.py --compile --out "
+                "bench/results/gpu_ttft.json` runs it in one command (Llama-3-8B shape, random bf16 weights, "
+                "eager and with the suffix under CUDA graphs, decode against HF generate); "
+                "`python bench/gpu_ttft.py --device cpu --tiny --compile` is its smoke test."]
+        smoke = _load("gpu_smoke.json")
+        if smoke:
+            agrees = all(all(e.get("compiled_greedy_agrees", {}).values()) for e in smoke["results"])
+            out += ["", f"Its smoke test ran on this CPU (`{smoke['command']}`, {smoke['date']}): every path completed"
+                    + (f", compiled greedy answers {'agree' if agrees else 'DIFFER'} with eager"
+                       if any("compiled_greedy_agrees" in e for e in smoke["results"]) else "")
+                    + " (tiny model: the timings say nothing about a GPU)."]
+        return out + [""]
     plans = [p for p in r["results"][0]["ttft_s"] if p != "full_prefill"]
     out += [f"{r['device']}, {r['dtype']}, torch {r['torch']}, {r['model']}, {r['suffix_tokens']}-token suffix. "
             f"Command: `{r['command']}` ({r['date']}).", "",
@@ -185,15 +193,20 @@ def ttft_section() -> list[str]:
     m = r["machine"]
     out += [f"Sender {r['sender']}, receiver {r['receiver']}, fp32, {m['threads']} torch threads on {m['cpu']}, "
             f"torch {m['torch']}, {r['date']}. Median of the repeats, all plans interleaved in one run. "
-            "Limit = recomputed fraction x full-prefill time.", "",
+            "Limit = recomputed fraction x full-prefill time. Plan `none` is the fixed cost every plan pays (the "
+            "request's own tokens over the reused cache); a one-token forward is its floor on this machine (reading "
+            "every weight once); `(TTFT - none) / limit` is how close the recomputation itself comes to its limit.", "",
             f"Command: `{r['command']}`", "",
-            "| context tokens | plan | layers recomputed | TTFT (s) | full prefill (s) | speedup | limit (s) | TTFT / limit |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| context tokens | plan | layers recomputed | TTFT (s) | full prefill (s) | speedup | limit (s) | "
+            "TTFT / limit | (TTFT - none) / limit | one-token forward (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for e in r["results"]:
         for p in e["plans"]:
             ratio = f"{p['ratio_to_limit']:.2f}" if p["ratio_to_limit"] else "-"
+            rec = f"{p['recompute_over_limit']:.2f}" if p.get("recompute_over_limit") else "-"
+            one = f"{e['one_token_s']:.3f}" if e.get("one_token_s") else "-"
             out.append(f"| {e['context_tokens']} | {p['plan']} | {p['recomputed_layers']}/30 | {p['ttft_s']:.3f} | "
-                       f"{e['full_prefill_s']:.3f} | {p['speedup']:.2f}x | {p['limit_s']:.3f} | {ratio} |")
+                       f"{e['full_prefill_s']:.3f} | {p['speedup']:.2f}x | {p['limit_s']:.3f} | {ratio} | {rec} | {one} |")
     return out + [""]
 
 

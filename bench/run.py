@@ -23,20 +23,32 @@ ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"
 PY = sys.executable
 
+FLEET = "smollm2-135m-instruct,smollm2-qa-alora,smollm2-toolcall-alora,smollm2-code-alora"
+EXACT = ["smollm2-qa-alora", "smollm2-toolcall-alora", "smollm2-code-alora", "smollm2-qa-top20"]
 QUICK = {
     "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "4096", "--repeats", "2"],
+    "exact": ["bench/exact_ttft.py", "--variants", *EXACT, "--n", "2"],
     "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "50", "1000", "--repeats", "1"],
     "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "4",
              "--rates", "0.1", "--out", "bench/results/serve_load_base_qa.json"],
+    "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "4", "--rates", "0.05",
+              "--out", "bench/results/fleet_load.json"],
+    "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }
 FULL = {
     "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "2048", "4096", "8000", "--repeats", "2"],
+    "ttft-partial": ["bench/ttft_partial.py", "--lengths", "1024", "2048", "4096", "--repeats", "3"],
+    "exact": ["bench/exact_ttft.py", "--variants", *EXACT, "smollm2-toolcall-top20", "smollm2-code-top20", "--n", "5"],
     "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "25", "100", "1000", "--repeats", "1"],
     "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "5",
              "--rates", "0.05", "0.15", "--out", "bench/results/serve_load_base_qa.json"],
     "load2": ["bench/serve_load.py", "--models", "smollm2-toolcall,smollm2-code", "--workflows", "4",
               "--rates", "0.1", "--out", "bench/results/serve_load.json"],
+    "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "6", "--rates", "0.03", "0.06",
+              "--out", "bench/results/fleet_load.json"],
+    "guard": ["bench/guard_drift.py"],
     "formats": ["bench/formats.py"],
+    "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--compile", "--out", "bench/results/gpu_smoke.json"],
 }
 
 

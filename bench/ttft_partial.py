@@ -3,7 +3,10 @@
 Each point is the median of --repeats runs, all measured side by side in one process (order
 interleaved), so ratios are meaningful on a shared, noisy machine. The physical limit of a plan is
 its recomputed fraction x the full-prefill time: what partial prefill would cost if reusing layers
-were free and the suffix took no time.
+were free and the suffix took no time. Two more columns say where the rest goes: plan ``none`` is
+the request's own tokens over the reused cache (the fixed cost every plan pays), and a one-token
+forward is what merely reading every weight once costs on this machine (the floor of that fixed
+cost); ``(TTFT - none) / limit`` is how close the recomputation itself comes to its limit.
 
     .venv/bin/python bench/ttft_partial.py --lengths 1024 2048 4096 --out bench/results/ttft_partial.json
 """
@@ -47,19 +50,23 @@ def main() -> int:
         p = layout(receiver.tokenizer, row.context, row.prompt)
         plans = [RecomputePlan.parse(s, receiver.num_layers) for s in args.plans]
         cap = capture(sender, list(p.prefix), e_layers=sorted({l for pl in plans for l in pl.transition_layers}))
-        times: dict[str, list[float]] = {"full_prefill": []} | {str(pl): [] for pl in plans}
+        times: dict[str, list[float]] = {"full_prefill": [], "one_token": []} | {str(pl): [] for pl in plans}
         for _ in range(args.repeats):
             times["full_prefill"].append(full_prefill(receiver, p.ids).timings.prefill_s)
+            times["one_token"].append(full_prefill(receiver, p.ids[:1], room=1).timings.prefill_s)
             for pl in plans:
                 times[str(pl)].append(partial_prefill(receiver, cap, pl, p.suffix).timings.prefill_s)
         full = statistics.median(times["full_prefill"])
-        entry = {"context_tokens": len(p.prefix), "suffix_tokens": len(p.suffix), "full_prefill_s": full, "plans": []}
+        none_s = statistics.median(times["none"]) if "none" in times else None
+        entry = {"context_tokens": len(p.prefix), "suffix_tokens": len(p.suffix), "full_prefill_s": full,
+                 "one_token_s": statistics.median(times["one_token"]), "none_s": none_s, "plans": []}
         for pl in plans:
             t = statistics.median(times[str(pl)])
             limit = pl.recomputed_fraction * full
             entry["plans"].append({
                 "plan": str(pl), "recomputed_layers": len(pl.recomputed_layers), "ttft_s": t,
                 "speedup": full / t, "limit_s": limit, "ratio_to_limit": (t / limit) if limit else None,
+                "recompute_over_limit": ((t - none_s) / limit) if limit and none_s is not None else None,
                 "samples": times[str(pl)],
             })
             print(f"{len(p.prefix):>5} tok  plan {str(pl):<6} {len(pl.recomputed_layers):>2}/30  "

@@ -263,7 +263,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     plan = parse_plan(args.plan, sender, receiver)
-    rows, metric, source = _load_rows(args, receiver, "heldout")
+    rows, metric, source = _load_rows(args, receiver, args.split)
     if args.label_free or any(r.reference is None for r in rows):
         metric = None
     res = evaluate_plan(sender, receiver, plan, rows, metric, args.max_new_tokens or answer_length(receiver.name, 24),
@@ -558,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--receiver", required=True)
     sp.add_argument("--plan", required=True, help="none | all | S:E[,S:E...] | profile:PATH")
     _add_rows_args(sp, 20, (1024, 8000), "heldout")
+    sp.add_argument("--split", choices=["heldout", "calib"], default="heldout",
+                    help="generated rows of this split (calib: the rows a profile was measured on, to re-check it)")
     sp.add_argument("--label-free", action="store_true", help="score agreement with full prefill, not references")
     sp.add_argument("--out", help="write the full result (per row) as JSON here")
 

@@ -14,7 +14,7 @@ from droidspeak.kinds import ExactKind, ShareKind
 from droidspeak.prompt import PromptTokens
 from droidspeak.sharing import ShareOptions, decide, serve_prefill
 from droidspeak.store import CacheStore, MemoryBackend
-from droidspeak.tiny import tiny_adapter, tiny_model
+from droidspeak.tiny import tiny_adapter
 
 ATOL = 1e-4
 INVOKE = (5, 6, 7)

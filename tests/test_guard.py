@@ -147,7 +147,8 @@ def test_shadow_work_never_runs_while_requests_wait(tiny, late, profile_dir, mon
         for i in range(5):
             ctx = _ids(64, 500 + i)
             ev = threading.Event()
-            eng.submit(Request("a", PromptTokens(tuple(ctx), (11,)), 4, on_event=lambda k, d, ev=ev: ev.set() if k == "done" else None))
+            eng.submit(Request("a", PromptTokens(tuple(ctx), (11,)), 4,
+                               on_event=lambda k, d, ev=ev: ev.set() if k == "done" else None))
             done.append(ev)
             ev2 = threading.Event()
             eng.submit(Request("b", PromptTokens(tuple(ctx), (12, 13)), 4,

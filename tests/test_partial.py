@@ -172,3 +172,20 @@ def test_chunked_capture_matches_one_pass(tiny, tiny_ids):
     for layer in range(6):
         assert torch.allclose(one.kv[layer][0], chunked.kv[layer][0], atol=1e-5)
         assert torch.allclose(one.e[layer], chunked.e[layer], atol=1e-5)
+
+
+def test_in_place_cache_appends_without_copying_what_is_there(tiny, tiny_ids):
+    """The receiver's cache: reused K/V written once into preallocated buffers; later tokens land
+    in place (the buffer keeps its address), and attention sees only the filled part."""
+    from droidspeak.surface import InPlaceLayer
+
+    res = full_prefill(tiny, tiny_ids, room=8)
+    layer = res.cache.layers[0]
+    assert isinstance(layer, InPlaceLayer) and layer.get_seq_length() == len(tiny_ids)
+    ptr = layer._k.data_ptr()
+    got = greedy(tiny, res, 6)
+    assert layer._k.data_ptr() == ptr and layer.get_seq_length() == len(tiny_ids) + 5
+    assert layer.keys.shape[2] == layer.get_seq_length()  # the view attention reads: no padding
+    assert got == _generate(tiny, tiny_ids, 6)
+    with pytest.raises(RuntimeError, match="cache full"):
+        layer.update(torch.zeros(1, 2, 10, 16), torch.zeros(1, 2, 10, 16))

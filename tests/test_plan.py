@@ -68,3 +68,65 @@ def test_one_layer_reused_plans_cover_the_edges():
     assert last.reused_layers == [L - 1] and last.transition_layers == []
     with pytest.raises(PlanError):
         RecomputePlan.from_groups([(0, 0), (1, L)], L)
+
+
+# ------------------------------------------------------------------ the typed profile
+def _profile_dict(**over):
+    d = {"format": "droidspeak-profile/1", "sender": "s", "receiver": "r", "sender_identity": "S" * 32,
+         "receiver_identity": "R" * 32, "family": "f" * 16, "chosen_plan": "0:20",
+         "frontier": ["none", "10:20", "0:20", "0:24", "0:28"],
+         "candidates": [{"plan": p, "cost": c, "top1_agreement": t, "quality": q} for p, c, t, q in
+                        [("none", 0.0, 0.5, 0.3), ("10:20", 0.34, 0.8, None), ("0:20", 0.67, 1.0, 1.0),
+                         ("0:24", 0.8, 1.0, None), ("0:28", 0.93, 1.0, None), ("all", 1.0, 1.0, 1.0)]],
+         "cost_model": {"num_layers": 30, "layer_s_per_token": 1e-4, "kv_bytes_per_token": 1536,
+                        "e_bytes_per_token": 2304, "bandwidth_bytes_s": None}}
+    return d | over
+
+
+def test_profile_is_a_typed_value(tmp_path):
+    from droidspeak.errors import DroidspeakError
+    from droidspeak.profile import Profile
+
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(_profile_dict()))
+    p = Profile.load(f)
+    assert p.name == "p.json" and str(p.plan(30)) == "0:20" and p.top1["10:20"] == 0.8 and p.verified["0:20"] == 1.0
+    # within budget: the chosen plan, the frontier plans costlier than it, and all; cheapest first
+    assert [str(x) for x in p.within_budget(30)] == ["0:20", "0:24", "0:28", "all"]
+    assert str(p.wider(p.plan(30))) == "0:24" and str(p.wider(RecomputePlan.parse("0:28", 30))) == "all"
+    assert p.wider(RecomputePlan.all(30)) is None
+    assert p.transition_layers(30) == set()
+    p.check("S" * 32, "R" * 32, "f" * 16)
+    with pytest.raises(DroidspeakError, match="another pair or changed weights"):
+        p.check("S" * 32, "X" * 32, "f" * 16)
+    with pytest.raises(DroidspeakError, match="model family"):
+        p.check("S" * 32, "R" * 32, "g" * 16)
+    # over a slow link the cheapest plan to predict (fetching least) wins; locally, the cheapest compute
+    assert str(p.fastest(30, 4000, None)) == "0:20"
+
+
+@pytest.mark.parametrize("content,words", [("{not json", "not valid JSON"), ('{"sender": "x"}', "malformed"),
+                                           ('{"chosen_plan": "0:2", "candidates": [{"plan": "x", "cost": "y"}]}',
+                                            "malformed")])
+def test_bad_profile_files_are_one_line(tmp_path, content, words):
+    from droidspeak.profile import Profile, ProfileIndex
+
+    f = tmp_path / "bad.json"
+    f.write_text(content)
+    with pytest.raises(PlanError, match=words):
+        Profile.load(f)
+    assert list(ProfileIndex([tmp_path]).all()) == []  # the index skips it: a miss, never a failed request
+    with pytest.raises(PlanError, match="not found"):
+        Profile.load(tmp_path / "nope.json")
+
+
+def test_settings_refuse_unknown_choices(monkeypatch):
+    from droidspeak.errors import DroidspeakError
+    from droidspeak.serving.config import Settings
+
+    assert Settings.load(overrides={"policy": "bandwidth"}).policy == "bandwidth"
+    with pytest.raises(DroidspeakError, match="not one of load, bandwidth, profile"):
+        Settings.load(overrides={"policy": "fastest"})
+    monkeypatch.setenv("DROIDSPEAK_SHADOW_FRACTION", "half")
+    with pytest.raises(DroidspeakError, match="is not a float"):
+        Settings.load()

@@ -242,9 +242,18 @@ def test_profile_and_eval_cli_on_smollm(tmp_path):
              "--out", str(out), "--json", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     prof = json.loads(r.stdout)
-    assert prof["quality"]["mode"] == "label-free" and prof["chosen"]["relative_drop"] <= 0.01
+    assert prof["quality"]["mode"] == "label-free"
     assert (tmp_path / "p.frontier.png").stat().st_size > 1000 and (tmp_path / "p.sensitivity.png").exists()
     assert prof["data"]["task"] == "qa" and prof["data"]["split"] == "calib"
+    # the verified drop, recomputed independently by `eval` (its own captures, partial prefills and decoding)
+    # on the very rows the profile was measured on
+    r = _cli("eval", "--sender", "base", "--receiver", "smollm2-qa", "--plan", f"profile:{out}", "--n", "1",
+             "--split", "calib", "--label-free", "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6",
+             "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(r.stdout)
+    assert again["relative_drop"] == pytest.approx(prof["chosen"]["relative_drop"], abs=1e-9)
+    assert again["relative_drop_full_reuse"] == pytest.approx(prof["full_reuse"]["relative_drop"], abs=1e-9)
     r = _cli("eval", "--sender", "base", "--receiver", "smollm2-qa", "--plan", f"profile:{out}", "--n", "1",
              "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6", "--json", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

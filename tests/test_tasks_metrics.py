@@ -73,3 +73,51 @@ def test_jsonl_roundtrip_and_errors(tmp_path):
         tasks.read_jsonl(tmp_path / "bad.jsonl")
     with pytest.raises(DroidspeakError, match="not found"):
         tasks.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_server_chat_prompt_follows_the_layout_rule():
+    """The server's conversation layout gives exactly the CLI's tokens for [user: context, user: request]
+    (so a context one stored is a hit for the other), and splits any conversation before its last turn."""
+    from droidspeak.prompt import PromptTokens, chat_prompt, layout
+
+    class Tok:  # a chat tokenizer in miniature: characters as tokens, a template like SmolLM2's
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+            text = "".join(f"<{m['role']}>{m['content']}</>" for m in msgs) + ("<assistant>" if add_generation_prompt else "")
+            return [ord(c) for c in text] if tokenize else text
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    tok = Tok()
+    p = layout(tok, "the context", "the request")
+    assert chat_prompt(tok, [{"role": "user", "content": "the context"}, {"role": "user", "content": "the request"}]) == p
+    conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"}]
+    got = chat_prompt(tok, conv)
+    assert "".join(map(chr, got.prefix)).endswith("<assistant>b</>") and "".join(map(chr, got.suffix)) == "<user>c</><assistant>"
+    one = chat_prompt(tok, [{"role": "user", "content": "only"}])
+    assert one == PromptTokens(tuple(ord(c) for c in "<user>only</><assistant>"), ())
+
+
+def test_layout_for_a_template_that_refuses_two_user_turns():
+    """Gemma's template alternates roles strictly: the request joins the context's turn, and the prefix
+    ends where the context does (still a true token prefix of every request on that context)."""
+    from droidspeak.prompt import layout
+
+    class Alternating:
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+            if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])):
+                raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+            return "".join(f"<t>{m['content']}<e>" for m in msgs) + ("<m>" if add_generation_prompt else "")
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    tok = Alternating()
+    a, b = layout(tok, "shared doc", "first?"), layout(tok, "shared doc", "second?")
+    assert a.prefix == b.prefix and "".join(map(chr, a.prefix)) == "<t>shared doc"
+    assert "".join(map(chr, a.prefix + a.suffix)) == "<t>shared doc\n\nfirst?<e><m>"
