@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .assemble import CaptureSource, assemble
@@ -121,9 +121,14 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
             return Decision(ShareKind.SAME_MODEL, h, RecomputePlan.none(L), "the receiver's own stored prefix")
         if ex.exact:
             if ex.needs_activation_after_context and not exact_after(at, h.tokens):
-                log.info("exact reuse refused: the activation point (%s) lies inside the stored prefix (%d tokens)",
-                         at, h.tokens)
-                continue
+                # the stored prefix runs past where the adapter starts acting: only what precedes it is exact
+                # (every block boundary of a stored context is a stored prefix too)
+                shorter = (at or 0) // store.block * store.block
+                if shorter < max(1, opts.min_hit_fraction * len(ids)):
+                    log.info("exact reuse refused: the activation point (%s) lies inside the stored prefix "
+                             "(%d tokens)", at, h.tokens)
+                    continue
+                h = replace(h, tokens=shorter)
             plan = RecomputePlan.parse(ex.plan or "none", L)
             if set(plan.transition_layers) <= set(h.e_layers):
                 return Decision(ShareKind.EXACT, h, plan, ex.reason)

@@ -203,3 +203,19 @@ def test_engine_serves_the_fleet_from_one_prefill(tiny, fleet):
         assert text == 96
     finally:
         eng.stop()
+
+
+def test_a_stored_prefix_past_the_activation_point_is_cut_back_to_it(tiny, fleet):
+    """The base stored its whole prompt, request tokens included; the adapter's prompt shares them up to
+    (and past) its invocation: only the blocks before its activation point are reused, exactly."""
+    a = fleet["alora"]
+    ctx, common = _ids(70, 14), list(INVOKE) + _ids(12, 15)  # both requests start alike
+    store = CacheStore(MemoryBackend(1 << 28))
+    serve_prefill(tiny, store, PromptTokens(tuple(ctx), tuple(common + _ids(20, 16))))  # the base stores 96 tokens
+    prompt = PromptTokens(tuple(ctx), tuple(common + _ids(6, 17)))  # activation at 70; 85 tokens shared with it
+    assert store.lookup(tiny.family, prompt.ids[:-1])[0].tokens == 80  # the stored prefix runs past 70
+    d = decide(a, store, prompt)
+    assert d.kind == ShareKind.EXACT and d.hit.tokens == 64  # the last block boundary before 70
+    res = serve_prefill(a, store, prompt, ShareOptions(store_on_miss=False))
+    assert res.info.kind == ShareKind.EXACT and res.info.reused_tokens == 64
+    assert torch.max(torch.abs(res.logits - full_prefill(a, prompt.ids).logits)) <= ATOL

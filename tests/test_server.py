@@ -33,7 +33,8 @@ def server(tmp_path_factory):
     env = dict(os.environ, DROIDSPEAK_API_KEY="test-key")
     log = open(tmp_path_factory.mktemp("srv") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port),
-                             "--models", "smollm2-135m-instruct,smollm2-qa,smollm2-code", "--store", "memory:1GB"],
+                             "--models", "smollm2-135m-instruct,smollm2-qa,smollm2-code,smollm2-qa-alora",
+                             "--store", "memory:1GB"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -69,7 +70,8 @@ def _chat(client, model, question, **kw):
 
 def test_models_list_parents(client):
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"smollm2-135m-instruct", "smollm2-qa", "smollm2-code"}
+    assert set(models) == {"smollm2-135m-instruct", "smollm2-qa", "smollm2-code", "smollm2-qa-alora"}
+    assert models["smollm2-qa-alora"].model_extra["droidspeak"]["kind"] == "alora"
     assert models["smollm2-qa"].model_extra["parent"] == "smollm2-135m-instruct"
     assert models["smollm2-135m-instruct"].model_extra["parent"] is None
 
@@ -111,6 +113,32 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
     assert "droidspeak:time_to_first_token_seconds_bucket" in metrics and "droidspeak:store_bytes" in metrics
 
 
+def test_activated_variant_is_an_exact_hit(client, server):
+    """The base read the context (previous test or here); the activated variant reuses every layer of
+    it, recomputes nothing, and answers exactly as its own full prefill does."""
+    from droidspeak.decode import greedy, stop_ids
+    from droidspeak.models import load_model
+    from droidspeak.partial import full_prefill
+    from droidspeak.prompt import layout
+
+    _chat(client, "smollm2-135m-instruct", Q_BASE)
+    r = _chat(client, "smollm2-qa-alora", Q_VARIANT)
+    ds = r.model_extra["droidspeak"]
+    assert ds["kind"] == "exact-cross-model" and ds["plan"] == "none" and ds["recomputed_layers"] == []
+    assert ds["from_model"] == "smollm2-135m-instruct" and r.usage.prompt_tokens_details.cached_tokens > 800
+    a = load_model("smollm2-qa-alora")
+    full = full_prefill(a, layout(a.tokenizer, CONTEXT, Q_VARIANT).ids, room=12)
+    assert r.choices[0].message.content == a.tokenizer.decode(greedy(a, full, 12, stop_ids(a.tokenizer)),
+                                                               skip_special_tokens=True)
+    metrics = httpx.get(server + "/metrics").text
+    assert any(ln.startswith("droidspeak:prefix_cache_hits_total") and 'kind="exact_cross_model"' in ln
+               and "smollm2-qa-alora" in ln for ln in metrics.splitlines())
+    pairs = httpx.get(server + "/v1/droidspeak/pairs", headers={"Authorization": "Bearer test-key"}).json()["data"]
+    kinds = {(p["sender"], p["receiver"]): p["kind"] for p in pairs}
+    assert kinds[("smollm2-135m-instruct", "smollm2-qa-alora")] == "exact"
+    assert kinds[("smollm2-135m-instruct", "smollm2-qa")] == "profiled"
+
+
 def test_completions_and_concurrency(client):
     import concurrent.futures as cf
 
@@ -148,7 +176,7 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
 
     store = ["--store", f"memory:256MB,{redis_server.url}", "--namespace", "two-nodes"]
     a = ServerProc("--models", "smollm2-135m-instruct", *store, log_dir=tmp_path)
-    b = ServerProc("--models", "smollm2-qa", *store, log_dir=tmp_path)
+    b = ServerProc("--models", "smollm2-qa,smollm2-qa-alora", *store, log_dir=tmp_path)
     try:
         a.wait(), b.wait()
         msgs = [{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_BASE}]
@@ -161,6 +189,12 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
         body = r.json()
         assert body["droidspeak"]["kind"] == "cross-model", body["droidspeak"]
         assert body["droidspeak"]["from_model"].startswith("identity:")  # a model this node does not host
+        assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 800
+        # the activated variant on node B reuses node A's prefill exactly, through Redis
+        r = httpx.post(b.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "smollm2-qa-alora", "messages": msgs, "max_tokens": 4, "temperature": 0})
+        body = r.json()
+        assert body["droidspeak"]["kind"] == "exact-cross-model" and body["droidspeak"]["recomputed_layers"] == []
         assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 800
     finally:
         a.stop()
