@@ -169,19 +169,30 @@ def sensitivity_section() -> list[str]:
            "full prefill. A layer is critical when reusing it alone costs more than 10% (relative).", ""]
     if not files:
         return out + ["(not measured yet)", ""]
-    out += ["| sender -> receiver | rows | metric | full prefill | full reuse (drop) | critical layers | fraction | block | plot |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += ["| sender -> receiver | layers | rows | metric | full prefill | full reuse (drop) | critical layers | "
+            "fraction | block | block as depth | KL-heaviest layers | plot |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         r = json.loads(f.read_text())
         crit = r["critical_layers"]
-        out.append(f"| {r['sender']} -> {r['receiver']} | {r['rows']} | {r['quality_metric']} | "
-                   f"{r['quality_full_prefill']:.3f} | {r['full_reuse']['quality']:.3f} ({r['full_reuse']['relative_drop']:+.0%}) | "
-                   f"{crit} | {r['critical_fraction']:.0%} | {critical_block(r)} | [{f.stem}.png](bench/results/{f.stem}.png) |")
+        L = len(r["layers"])
+        blk = critical_block(r)
+        depth = "-" if blk == "none" else "{:.0%}-{:.0%}".format(*(int(x) / L for x in blk.split(":")))
+        top = sorted(r["layers"], key=lambda x: -x["first_token_kl"])[:max(2, L // 6)]
+        sliding = set(r.get("sliding_layers") or [])
+        heavy = ", ".join(f"{x['layer']}{'s' if x['layer'] in sliding else ''}"
+                          for x in sorted(top, key=lambda x: x["layer"]))
+        out.append(f"| {r['sender']} -> {r['receiver']} | {L} | {r['rows']} | {r['quality_metric']} | "
+                   f"{r['quality_full_prefill']:.3f} | {r['full_reuse']['quality']:.3f} "
+                   f"({r['full_reuse']['relative_drop']:+.0%}) | {crit} | {r['critical_fraction']:.0%} | {blk} | {depth} | "
+                   f"{heavy} | [{f.stem}.png](bench/results/{f.stem}.png) |")
     out += ["", "Command: `droidspeak study sensitivity --sender SENDER --receiver RECEIVER --n ROWS "
             "--profile-out profiles/SENDER__RECEIVER.json` (ROWS as in the table; calibration rows of the receiver's "
             "task, 1024-1536 context tokens; first-token KL per layer is in the JSON and the plot's lower panel). "
             "`block` is the provisional plan the profile carries: the span of the critical layers, or, where none "
-            "is critical, of the layers whose reuse alone costs at least half the largest single-layer KL.", ""]
+            "is critical, of the layers whose reuse alone costs at least half the largest single-layer KL. "
+            "`block as depth` puts it on the same scale for models of different depth; `KL-heaviest layers` are the "
+            "sixth of the layers whose reuse alone moves the first token most (`s`: a sliding-window layer).", ""]
     return out
 
 
@@ -211,7 +222,7 @@ def ttft_section() -> list[str]:
 
 
 def profiles_section() -> list[str]:
-    out = ["## Profiles: the cheapest plan within the quality budget (issue 4)", "",
+    out = ["## Profiles: the cheapest plan within the quality budget", "",
            "Label-free quality (agreement of the receiver's answer with its own full-prefill answer), 1% budget, "
            "granularity 2, calibration rows of the receiver's task. Every contiguous group is scored with the "
            "teacher-forced proxy; the frontier is verified by greedy decoding (bisection).", "",
