@@ -446,6 +446,30 @@ def gold_section() -> list[str]:
     return out + [""]
 
 
+def refactor_section() -> list[str]:
+    r = _load("refactor_check.json")
+    out = ["## The refactor changed no figure: old and new request path side by side", ""]
+    if not r:
+        return out + ["(not measured yet)", ""]
+    eo, en = r["eval"]["old"], r["eval"]["new"]
+    same = all(eo[k] == en[k] for k in ("quality_full", "quality_plan", "quality_full_reuse", "agreement_plan",
+                                         "first_token_kl_plan", "first_token_kl_full_reuse"))
+    out += [f"{r['what']} ({r['machine']['cpu']}, {r['date']}). Old code: commit {r['old_code']}. Commands: "
+            f"`{r['commands']['ttft']}`; `{r['commands']['eval']}`.", "",
+            f"Held-out evaluation of the profiled plan {eo['plan']} ({eo['rows']} rows): quality, agreement and "
+            f"first-token KLs {'identical to the last digit' if same else 'DIFFER'} (plan KL {en['first_token_kl_plan']:.6g}, "
+            f"full reuse KL {en['first_token_kl_full_reuse']:.6g}); TTFT speedup {eo['ttft_speedup']:.2f}x old, "
+            f"{en['ttft_speedup']:.2f}x new.", "",
+            "| context tokens | plan | old TTFT | new TTFT | old / limit | new / limit |", "|---|---|---|---|---|---|"]
+    for eo_, en_ in zip(r["ttft"]["old"], r["ttft"]["new"]):
+        for plan, po in eo_["plans"].items():
+            pn = en_["plans"][plan]
+            f = lambda x: f"{x:.2f}" if x else "-"  # noqa: E731
+            out.append(f"| {eo_['context_tokens']} | {plan} | {po['ttft_s']:.3f}s | {pn['ttft_s']:.3f}s | "
+                       f"{f(po['ratio_to_limit'])} | {f(pn['ratio_to_limit'])} |")
+    return out + [""]
+
+
 NOTES = ROOT / "bench" / "notes.md"  # hand-written reading of the figures, kept beside them
 
 
@@ -457,7 +481,7 @@ def main() -> int:
     lines += (summary_section() + variants + exact_section() + fleet_section() + profiles_section() + eval_section()
               + guard_section() + gold_section() + scattered_section() + ttft_peers_section() + serve_section()
               + sensitivity_section() + ttft_section() + gpu_section() + pipeline_section() + aware_section()
-              + formats_section())
+              + formats_section() + refactor_section())
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
