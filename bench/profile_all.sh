@@ -20,8 +20,10 @@ if [ "${SKIP_PROFILE:-0}" != 1 ]; then
       --out "profiles/${s}__${r}.json"
   done
 fi
+shipped() { [ -f "adapters/$1/droidspeak.json" ] || { echo "skip $1: not shipped (train it: droidspeak variants train ...)" >&2; return 1; }; }
 for pair in $EXACT; do
   s=${pair%%:*}; r=${pair##*:}
+  shipped "$r" || continue
   $DS profile --sender "$s" --receiver "$r" --out "profiles/${s}__${r}.json"
 done
 if [ "${SKIP_EVAL:-0}" != 1 ]; then
@@ -33,7 +35,8 @@ if [ "${SKIP_EVAL:-0}" != 1 ]; then
 fi
 if [ "${SKIP_VARIANTS:-0}" != 1 ]; then
   for task in qa code toolcall; do
-    $DS variants eval smollm2-$task smollm2-$task-alora smollm2-$task-top20 --n "${N_VARIANTS:-30}" \
+    names=$(for v in smollm2-$task smollm2-$task-alora smollm2-$task-top20; do shipped "$v" && echo "$v"; done)
+    $DS variants eval $names --n "${N_VARIANTS:-30}" \
       --out "bench/results/variants_smollm2-$task.json"
   done
 fi

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.smollm
 CONTEXT = "Inventory of the Drossel warehouse.\n" + "\n".join(
     f"Shelf {i}: {i * 3 % 17} boxes of teapots from Kelvar Works {i % 5}, checked by Ami Tovek{i}." for i in range(45))
 Q = "Question about the document: who checked shelf 12?\nGive only the answer."
+# the shipped variant whose profile against the base reuses layers (plan 0:28); the retrained QA LoRA's
+# profile recomputes every layer, so it would never show a profiled hit
+VARIANT = "smollm2-code"
 
 
 def _msgs(context, q):
@@ -85,34 +88,34 @@ def _damage_all(redis_url, disk_dir, seed=0):
 def qa_model():
     from droidspeak.models import load_model
 
-    return load_model("smollm2-qa")
+    return load_model(VARIANT)
 
 
 def test_damaged_tiers_and_redis_restart(tmp_path, redis_server, qa_model):
     disk = tmp_path / "disk"
-    srv = ServerProc("--models", "smollm2-135m-instruct,smollm2-qa", "--store", f"disk:{disk},{redis_server.url}",
+    srv = ServerProc("--models", "smollm2-135m-instruct," + VARIANT, "--store", f"disk:{disk},{redis_server.url}",
                      log_dir=tmp_path).wait()
     try:
         first = _chat(srv.url, "smollm2-135m-instruct", CONTEXT, "Summarize the inventory.")
         assert first["droidspeak"]["kind"] == "miss"
         n_redis, n_disk = _damage_all(redis_server.url, disk)
         assert n_redis >= 30 and n_disk >= 30  # every layer's K/V at least (and the E its peers need)
-        r = _chat(srv.url, "smollm2-qa", CONTEXT, Q)
+        r = _chat(srv.url, VARIANT, CONTEXT, Q)
         ds = r["droidspeak"]
         assert ds["kind"] == "cross-model" and ds["fallback"] is True
         assert len(ds["recomputed_layers"]) == 30  # every damaged layer was recomputed, none was used
         assert r["choices"][0]["message"]["content"] == _full_answer(qa_model, CONTEXT, Q)
-        assert _metric(srv.url, "droidspeak:store_fallbacks_total", model_name="smollm2-qa") >= 1
+        assert _metric(srv.url, "droidspeak:store_fallbacks_total", model_name=VARIANT) >= 1
         # Redis killed: requests still succeed (disk tier, or a full prefill), then it comes back empty
         redis_server.stop()
         other = CONTEXT.replace("Drossel", "Mirren")
-        r = _chat(srv.url, "smollm2-qa", other, Q)
+        r = _chat(srv.url, VARIANT, other, Q)
         assert r["choices"][0]["message"]["content"] == _full_answer(qa_model, other, Q)
         assert _metric(srv.url, "droidspeak:store_errors", tier="redis") > 0
         redis_server.start()
         third = CONTEXT.replace("Drossel", "Ostra")
         _chat(srv.url, "smollm2-135m-instruct", third, "Summarize the inventory.")
-        r = _chat(srv.url, "smollm2-qa", third, Q)
+        r = _chat(srv.url, VARIANT, third, Q)
         assert r["droidspeak"]["kind"] == "cross-model" and not r["droidspeak"]["fallback"]
         assert httpx.get(srv.url + "/health").json()["status"] == "ok"
         logs = srv.logs()
@@ -128,12 +131,12 @@ def test_disconnect_mid_stream_and_reloaded_adapter(tmp_path, redis_server, qa_m
     from droidspeak.models import load_model
     from droidspeak.paths import adapters_dir
 
-    srv = ServerProc("--models", "smollm2-135m-instruct,smollm2-qa", "--store", redis_server.url,
+    srv = ServerProc("--models", "smollm2-135m-instruct," + VARIANT, "--store", redis_server.url,
                      log_dir=tmp_path).wait()
     try:
         # the client goes away after two events; the server aborts the request and keeps serving
         with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=300,
-                          json={"model": "smollm2-qa", "messages": _msgs(CONTEXT, "Tell me everything."),
+                          json={"model": VARIANT, "messages": _msgs(CONTEXT, "Tell me everything."),
                                 "max_tokens": 400, "temperature": 0, "stream": True}) as resp:
             got = 0
             for line in resp.iter_lines():
@@ -148,27 +151,27 @@ def test_disconnect_mid_stream_and_reloaded_adapter(tmp_path, redis_server, qa_m
 
             time.sleep(0.2)
         assert _metric(srv.url, "droidspeak:request_success_total", finished_reason="abort") >= 1
-        r = _chat(srv.url, "smollm2-qa", CONTEXT, Q)  # stores qa's own cache for this context
+        r = _chat(srv.url, VARIANT, CONTEXT, Q)  # stores the variant's own cache for this context
         assert r["choices"][0]["message"]["content"] == _full_answer(qa_model, CONTEXT, Q)
     finally:
         srv.stop()
     # the adapter is retrained: same name, new weights; the old entries and the old profile must not be used
     new_dir = tmp_path / "adapters"
     shutil.copytree(adapters_dir(), new_dir)
-    w = new_dir / "smollm2-qa" / "adapter_model.safetensors"
+    w = new_dir / VARIANT / "adapter_model.safetensors"
     t = load_file(str(w))
     g = torch.Generator().manual_seed(0)
     save_file({k: v + 0.02 * torch.randn(v.shape, generator=g) * (v.std() + 1e-3) if "lora_B" in k else v
                for k, v in t.items()}, str(w))
-    srv2 = ServerProc("--models", "smollm2-135m-instruct,smollm2-qa", "--store", redis_server.url,
+    srv2 = ServerProc("--models", "smollm2-135m-instruct," + VARIANT, "--store", redis_server.url,
                       env={"DROIDSPEAK_ADAPTERS": str(new_dir)}, log_dir=tmp_path).wait()
     try:
-        r = _chat(srv2.url, "smollm2-qa", CONTEXT, Q)
+        r = _chat(srv2.url, VARIANT, CONTEXT, Q)
         assert r["droidspeak"]["kind"] == "miss", r["droidspeak"]  # neither its old self nor the base via a stale profile
-        new_model = load_model(str(new_dir / "smollm2-qa"))
+        new_model = load_model(str(new_dir / VARIANT))
         assert new_model.identity != qa_model.identity
         assert r["choices"][0]["message"]["content"] == _full_answer(new_model, CONTEXT, Q)
         ids = json.loads(httpx.get(srv2.url + "/v1/models").text)["data"]
-        assert {m["id"]: m["droidspeak"]["identity"] for m in ids}["smollm2-qa"] == new_model.identity
+        assert {m["id"]: m["droidspeak"]["identity"] for m in ids}[VARIANT] == new_model.identity
     finally:
         srv2.stop()

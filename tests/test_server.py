@@ -16,6 +16,9 @@ CONTEXT = "Staff registry of the Vellmar district.\n" + "\n".join(
     f"Entry {i}: Oru Maddex{i} works as a clockmaker for Brenth Works {i % 7} and was born in {1930 + i}."
     for i in range(60))
 Q_BASE = "Summarize the registry in one sentence."
+# the shipped variant whose profile against the base reuses layers (0:28); the retrained QA LoRA's profile
+# recomputes every layer (a profiled plan of "all" is served as the model's own prefill)
+PROFILED = "smollm2-code"
 Q_VARIANT = "Question about the document: Who employs Oru Maddex17?\nGive only the answer."
 
 
@@ -80,7 +83,7 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
     first = _chat(client, "smollm2-135m-instruct", Q_BASE)
     assert first.choices[0].message.content and first.usage.prompt_tokens > 900
     assert first.model_extra["droidspeak"]["kind"] == "miss"
-    r = _chat(client, "smollm2-qa", Q_VARIANT)
+    r = _chat(client, PROFILED, Q_VARIANT)
     ds = r.model_extra["droidspeak"]
     assert r.usage.prompt_tokens_details.cached_tokens > 800
     assert ds["kind"] == "cross-model" and ds["from_model"] == "smollm2-135m-instruct"
@@ -90,15 +93,15 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
     from droidspeak.models import load_model
     from droidspeak.partial import full_prefill
 
-    qa = load_model("smollm2-qa")
-    ids = qa.tokenizer.apply_chat_template([{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_VARIANT}],
+    rv = load_model(PROFILED)
+    ids = rv.tokenizer.apply_chat_template([{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_VARIANT}],
                                            tokenize=True, add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    full = full_prefill(qa, ids)
-    want = qa.tokenizer.decode(greedy(qa, full, 12, stop_ids(qa.tokenizer)), skip_special_tokens=True)
+    full = full_prefill(rv, ids)
+    want = rv.tokenizer.decode(greedy(rv, full, 12, stop_ids(rv.tokenizer)), skip_special_tokens=True)
     assert token_f1(r.choices[0].message.content, want) >= 0.99, (r.choices[0].message.content, want)
     # streaming gives the same text, and usage at the end
-    stream = _chat(client, "smollm2-qa", Q_VARIANT, stream=True, stream_options={"include_usage": True})
+    stream = _chat(client, PROFILED, Q_VARIANT, stream=True, stream_options={"include_usage": True})
     parts, usage = [], None
     for ev in stream:
         if ev.choices and ev.choices[0].delta.content:
@@ -108,7 +111,7 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
     assert "".join(parts) == r.choices[0].message.content and usage.completion_tokens >= 1
     metrics = httpx.get(server + "/metrics").text
     hit = [ln for ln in metrics.splitlines()
-           if ln.startswith("droidspeak:prefix_cache_hits_total") and 'kind="cross_model"' in ln and "smollm2-qa" in ln]
+           if ln.startswith("droidspeak:prefix_cache_hits_total") and 'kind="cross_model"' in ln and PROFILED in ln]
     assert hit and float(hit[0].split()[-1]) > 800
     assert "droidspeak:time_to_first_token_seconds_bucket" in metrics and "droidspeak:store_bytes" in metrics
 
@@ -176,7 +179,7 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
 
     store = ["--store", f"memory:256MB,{redis_server.url}", "--namespace", "two-nodes"]
     a = ServerProc("--models", "smollm2-135m-instruct", *store, log_dir=tmp_path)
-    b = ServerProc("--models", "smollm2-qa,smollm2-qa-alora", *store, log_dir=tmp_path)
+    b = ServerProc("--models", PROFILED + ",smollm2-qa-alora", *store, log_dir=tmp_path)
     try:
         a.wait(), b.wait()
         msgs = [{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_BASE}]
@@ -185,7 +188,7 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
         assert r.status_code == 200 and r.json()["droidspeak"]["kind"] == "miss"
         msgs[1]["content"] = Q_VARIANT
         r = httpx.post(b.url + "/v1/chat/completions", timeout=300,
-                       json={"model": "smollm2-qa", "messages": msgs, "max_tokens": 4, "temperature": 0})
+                       json={"model": PROFILED, "messages": msgs, "max_tokens": 4, "temperature": 0})
         body = r.json()
         assert body["droidspeak"]["kind"] == "cross-model", body["droidspeak"]
         assert body["droidspeak"]["from_model"].startswith("identity:")  # a model this node does not host

@@ -267,7 +267,8 @@ def test_profile_and_eval_cli_on_smollm(tmp_path):
 
 def test_two_processes_share_through_redis(tmp_path, redis_server):
     """A sender process stores through a real Redis; a receiver process in another process reuses it,
-    and answers exactly as the in-process path does."""
+    and answers exactly as the in-process path does (the code variant: its profile reuses layers;
+    the retrained QA LoRA's recomputes all 30)."""
     from droidspeak.prompt import layout
     from droidspeak.sharing import ShareOptions, serve_prefill
     from droidspeak.store import CacheStore, MemoryBackend
@@ -278,13 +279,13 @@ def test_two_processes_share_through_redis(tmp_path, redis_server):
     r = _cli("prefill", "--model", "base", "--context", str(ctx), *store_args, "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads(r.stdout)["stored_tokens"] > 0
-    r = _cli("answer", "--model", "smollm2-qa", "--context", str(ctx), "--prompt", REQUEST, "--max-new-tokens", "12",
+    r = _cli("answer", "--model", "smollm2-code", "--context", str(ctx), "--prompt", REQUEST, "--max-new-tokens", "12",
              "--no-store", *store_args, "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     remote = json.loads(r.stdout)
     assert remote["kind"] == "cross-model" and remote["reused_tokens"] > 0 and not remote["missing"]
     # the same, in one process, through an in-process store
-    base, qa = load_model("base"), load_model("smollm2-qa")
+    base, qa = load_model("base"), load_model("smollm2-code")
     store = CacheStore(MemoryBackend())
     serve_prefill(base, store, layout(base.tokenizer, ctx.read_text()))  # miss: stores the base's caches
     res = serve_prefill(qa, store, layout(qa.tokenizer, ctx.read_text(), REQUEST), ShareOptions(store_on_miss=False))

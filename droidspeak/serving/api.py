@@ -58,7 +58,8 @@ def build_request(engine: Engine, body: CompletionRequest | ChatRequest) -> Requ
     n_prompt = len(prompt.ids)
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if max_tokens is None:
-        max_tokens = min(s.max_tokens_limit, s.max_model_len - n_prompt)
+        # at least one token, so a prompt that already fills the context is refused below
+        max_tokens = max(1, min(s.max_tokens_limit, s.max_model_len - n_prompt))
     if max_tokens > s.max_tokens_limit:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {s.max_tokens_limit}")
     if n_prompt + max_tokens > s.max_model_len:
