@@ -47,8 +47,8 @@ def test_limits_and_names(small_server):
     assert big.status_code == 413 and "bytes" in big.json()["error"]["message"]
     long = httpx.post(u + "/v1/completions", json={"model": "smollm2-qa", "prompt": "word " * 400, "max_tokens": 2})
     assert long.status_code == 400 and "context length" in long.json()["error"]["message"]
-    for body in ({"prompt": "word " * 400}, {"messages": [{"role": "user", "content": "word " * 400}]}):
-        # no max_tokens: the default must not go negative and slip a too-long prompt through
+    for body in ({"prompt": "word " * 400, "max_tokens": None}, {"messages": [{"role": "user", "content": "word " * 400}]}):
+        # no max_tokens (null, or absent in chat): the default must not go negative and let a too-long prompt through
         path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
         r = httpx.post(u + path, json={"model": "smollm2-qa", **body}, timeout=60)
         assert r.status_code == 400 and "context length" in r.json()["error"]["message"], r.text
