@@ -162,6 +162,14 @@ def gpu_section() -> list[str]:
     return out + [""]
 
 
+def _earlier_weights(sender: str, receiver: str, receiver_identity: str | None) -> str:
+    """' (earlier weights)' when a result was measured on a receiver the shipped profile no longer names."""
+    p = ROOT / "profiles" / f"{sender}__{receiver}.json"
+    if not p.is_file() or not receiver_identity:
+        return ""
+    return "" if json.loads(p.read_text()).get("receiver_identity") == receiver_identity else " (earlier weights)"
+
+
 def sensitivity_section() -> list[str]:
     files = sorted(RES.glob("sensitivity_*.json"))
     out = ["## Layer sensitivity (the paper's Fig. 7)", "",
@@ -182,7 +190,8 @@ def sensitivity_section() -> list[str]:
         sliding = set(r.get("sliding_layers") or [])
         heavy = ", ".join(f"{x['layer']}{'s' if x['layer'] in sliding else ''}"
                           for x in sorted(top, key=lambda x: x["layer"]))
-        out.append(f"| {r['sender']} -> {r['receiver']} | {L} | {r['rows']} | {r['quality_metric']} | "
+        old = _earlier_weights(r["sender"], r["receiver"], r.get("receiver_identity"))
+        out.append(f"| {r['sender']} -> {r['receiver']}{old} | {L} | {r['rows']} | {r['quality_metric']} | "
                    f"{r['quality_full_prefill']:.3f} | {r['full_reuse']['quality']:.3f} "
                    f"({r['full_reuse']['relative_drop']:+.0%}) | {crit} | {r['critical_fraction']:.0%} | {blk} | {depth} | "
                    f"{heavy} | [{f.stem}.png](bench/results/{f.stem}.png) |")
@@ -192,7 +201,8 @@ def sensitivity_section() -> list[str]:
             "`block` is the provisional plan the profile carries: the span of the critical layers, or, where none "
             "is critical, of the layers whose reuse alone costs at least half the largest single-layer KL. "
             "`block as depth` puts it on the same scale for models of different depth; `KL-heaviest layers` are the "
-            "sixth of the layers whose reuse alone moves the first token most (`s`: a sliding-window layer).", ""]
+            "sixth of the layers whose reuse alone moves the first token most (`s`: a sliding-window layer). "
+            "`(earlier weights)`: measured on an earlier version of that variant than the one shipped now.", ""]
     return out
 
 
@@ -389,6 +399,9 @@ def ttft_peers_section() -> list[str]:
     if not r:
         return out + ["(not measured yet)", ""]
     m = r["machine"]
+    if r.get("receiver") == "smollm2-qa":
+        out += ["Measured with the earlier QA variant and its profile's plan; a plan's TTFT depends on the layers it "
+                "recomputes and the context length, not on the weights, so the timings stand for that plan.", ""]
     out += [f"Receiver {r['receiver']}, sender {r['sender']}, plan {r['plan']} from `{r['profile']}`; "
             f"{m['threads']} torch threads, {m['cores']} cores, torch {m['torch']}, fp32; llama.cpp on the Q4_1 GGUF "
             f"with the same threads{'' if m.get('llamacpp') else ' (not installed for this run)'}. Medians, interleaved. "
@@ -436,6 +449,9 @@ def gold_section() -> list[str]:
     if not p:
         return out + ["(not measured yet)", ""]
     ch = p["chosen"]
+    if _earlier_weights(p["sender"], p["receiver"], p.get("receiver_identity")):
+        out += ["Measured on the earlier QA variant (LoRA r8, 160 steps on 400-1400-token contexts), before "
+                "it was retrained; the shipped one's label-free profile recomputes every layer.", ""]
     out += [f"The same pair profiled the paper's way (gold F1 against references, 1% budget): chosen plan **{ch['plan']}** "
             f"({ch['recomputed_layers']}/30 layers, calibration drop {ch['relative_drop']:.1%}). "
             f"Command: `{p.get('command')}`."]
