@@ -46,26 +46,26 @@ def chat(url: str, model: str, context: str, q: str, max_tokens: int) -> dict:
     return r.json()
 
 
-def pair(url: str, receiver: str) -> dict:
+def pair(url: str, receiver: str, sender: str = BASE_NAME) -> dict:
     data = httpx.get(url + "/v1/droidspeak/pairs", timeout=30).json()["data"]
-    return next((d for d in data if d["receiver"] == receiver and d["sender"] == BASE_NAME), {})
+    return next((d for d in data if d["receiver"] == receiver and d["sender"] == sender), {})
 
 
 def drift(args, tok) -> list[dict]:
     env = {"DROIDSPEAK_SHADOW_FRACTION": "1", "DROIDSPEAK_GUARD_WINDOW": str(args.window),
            "DROIDSPEAK_GUARD_MIN_SAMPLES": str(args.min_samples), "DROIDSPEAK_POLICY": "profile",
            "DROIDSPEAK_SHADOW_TOKENS": str(args.max_tokens)}
-    proc, url = start(f"{BASE_NAME},{args.receiver}", env)
+    proc, url = start(f"{args.sender},{args.receiver}", env)
     rows = (generate(args.task1, "calib", args.n, tok, seed=50, lengths=(args.tokens, args.tokens))
             + generate(args.task2, "heldout", args.n, tok, seed=51, lengths=(args.tokens, args.tokens)))
     timeline = []
     try:
         for i, row in enumerate(rows):
-            chat(url, BASE_NAME, row.context, "Summarize the document in one sentence.", 4)
-            before = pair(url, args.receiver).get("checks", 0)
+            chat(url, args.sender, row.context, "Summarize the document in one sentence.", 4)
+            before = pair(url, args.receiver, args.sender).get("checks", 0)
             body = chat(url, args.receiver, row.context, row.prompt, args.max_tokens)
             for _ in range(600):  # the check runs when the engine is idle: wait for it
-                st = pair(url, args.receiver)
+                st = pair(url, args.receiver, args.sender)
                 if st.get("checks", 0) > before or body["droidspeak"]["kind"] != "cross-model":
                     break
                 time.sleep(0.2)
@@ -77,7 +77,7 @@ def drift(args, tok) -> list[dict]:
                              "widened": len(st.get("widened") or [])})
             print(f"{i:>3} {timeline[-1]['phase']:<8} served {ds['kind']:<11} plan {ds['plan']:<6} -> now "
                   f"{st.get('current_plan')}, live {st.get('live_agreement')}", flush=True)
-        timeline[-1]["widened_detail"] = pair(url, args.receiver).get("widened")
+        timeline[-1]["widened_detail"] = pair(url, args.receiver, args.sender).get("widened")
     finally:
         proc.terminate()
         proc.wait(60)
@@ -88,16 +88,16 @@ def overhead(args, tok) -> dict:
     out = {}
     rows = generate(args.task1, "heldout", args.overhead_n, tok, seed=60, lengths=(args.tokens, args.tokens))
     for frac in ("0", "0.02"):
-        proc, url = start(f"{BASE_NAME},{args.receiver}", {"DROIDSPEAK_SHADOW_FRACTION": frac,
+        proc, url = start(f"{args.sender},{args.receiver}", {"DROIDSPEAK_SHADOW_FRACTION": frac,
                                                             "DROIDSPEAK_POLICY": "profile"})
         try:
             chat(url, args.receiver, "warm up " * 50, "ok?", 2)
             t0 = time.time()
             for row in rows:
-                chat(url, BASE_NAME, row.context, "Summarize the document in one sentence.", 4)
+                chat(url, args.sender, row.context, "Summarize the document in one sentence.", 4)
                 chat(url, args.receiver, row.context, row.prompt, args.max_tokens)
             dt = time.time() - t0
-            checks = pair(url, args.receiver).get("checks", 0)
+            checks = pair(url, args.receiver, args.sender).get("checks", 0)
         finally:
             proc.terminate()
             proc.wait(60)
@@ -136,6 +136,7 @@ def plot(timeline: list[dict], n: int, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sender", default=BASE_NAME, help="the model that reads each context first")
     ap.add_argument("--receiver", default="smollm2-qa")
     ap.add_argument("--task1", default="qa", help="the receiver's own task (calibration-like rows)")
     ap.add_argument("--task2", default="toolcall", help="the task the traffic switches to")
@@ -147,11 +148,11 @@ def main() -> int:
     ap.add_argument("--overhead-n", type=int, default=15, help="workflows per mode for the overhead (0: skip)")
     ap.add_argument("--out", default="bench/results/guard_drift.json")
     args = ap.parse_args()
-    tok = load_model(BASE_NAME).tokenizer
+    tok = load_model(args.sender).tokenizer
     timeline = drift(args, tok)
     png = Path(args.out).with_suffix(".png")
     plot(timeline, args.n, png)
-    result = provenance() | {"receiver": args.receiver, "tasks": [args.task1, args.task2], "n": args.n,
+    result = provenance() | {"sender": args.sender, "receiver": args.receiver, "tasks": [args.task1, args.task2], "n": args.n,
                              "tokens": args.tokens, "window": args.window, "min_samples": args.min_samples,
                              "timeline": timeline, "plot": png.name}
     if args.overhead_n:

@@ -80,27 +80,35 @@ def fleet_section() -> list[str]:
             f"its own question after the previous one answered; Poisson arrivals; the real server on loopback, with "
             f"sharing and without (`DROIDSPEAK_SHARE=0`: every model prefills the context itself). TTFT SLO "
             f"{r['slo_s']}s. Command: `{r['command']}` ({r['date']}).", "",
-            "| workflows/s | mode | requests/s | TTFT p50 | TTFT p90 | SLO met | good requests/s | cached tokens (mean) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| workflows/s | mode | requests/s | TTFT p50 | TTFT p90 | SLO met | good requests/s | cached tokens (mean) | "
+            "TTFT p50 per model |", "|---|---|---|---|---|---|---|---|---|"]
     for rate in sorted(r["modes"]["sharing"], key=float):
         for mode in ("sharing", "no_sharing"):
             x = r["modes"][mode][rate]
+            per = ", ".join(f"{m} {t:.2f}s" for m, t in (x.get("per_model_ttft_p50_s") or {}).items())
             out.append(f"| {rate} | {mode.replace('_', ' ')} | {x['requests_per_s']:.3f} | {x['ttft_p50_s']:.2f}s | "
                        f"{x['ttft_p90_s']:.2f}s | {x['slo_attainment']:.0%} | "
-                       f"{x['requests_per_s'] * x['slo_attainment']:.3f} | {x['cached_tokens_mean']:.0f} |")
+                       f"{x['requests_per_s'] * x['slo_attainment']:.3f} | {x['cached_tokens_mean']:.0f} | {per} |")
     return out + [""]
 
 
 def guard_section() -> list[str]:
-    r = _load("guard_drift.json")
     out = ["## The online quality guard under drifting traffic", ""]
-    if not r:
+    files = sorted(RES.glob("guard_drift*.json"))
+    if not files:
         return out + ["(not measured yet)", ""]
+    for f in files:
+        out += _guard_run(json.loads(f.read_text()))
+    return out
+
+
+def _guard_run(r: dict) -> list[str]:
+    out = [f"### {r.get('sender', 'smollm2-135m-instruct')} -> {r['receiver']}", ""]
     tl = r["timeline"]
     n = r["n"]
     widen = [t for t in tl if t["widened"]]
     first = widen[0]["i"] if widen else None
-    out += [f"Receiver {r['receiver']} (profiled) over contexts the base read; {n} workflows of its own task "
+    out += [f"Receiver {r['receiver']} (profiled) over contexts {r.get('sender', 'the base')} read first; {n} workflows of its own task "
             f"({r['tasks'][0]}, calibration-like), then {n} of another task ({r['tasks'][1]}); every profiled hit "
             f"shadow-checked for the run (window {r['window']}, at least {r['min_samples']} checks). "
             f"Command: `{r['command']}` ({r['date']}).", "",
@@ -112,11 +120,14 @@ def guard_section() -> list[str]:
         out += [f"First widening after request {first} ({'after' if first >= n else 'before'} the switch at {n}): {steps}.", ""]
     else:
         out += ["The guard never widened the plan in this run.", ""]
-    ph = {p: [t["live_agreement"] for t in tl if t["phase"] == p and t["live_agreement"] is not None] for p in r["tasks"]}
-    out += ["| phase | requests | live agreement at its end | plan in force at its end |", "|---|---|---|---|"]
+    out += ["| phase | requests | live agreement at its end | lowest live agreement | verified by the profile | "
+            "plan in force at its end |", "|---|---|---|---|---|---|"]
     for p in r["tasks"]:
-        last = [t for t in tl if t["phase"] == p][-1]
-        out.append(f"| {p} | {sum(t['phase'] == p for t in tl)} | {last['live_agreement']} | {last['plan_now']} |")
+        rows = [t for t in tl if t["phase"] == p]
+        live = [t["live_agreement"] for t in rows if t["live_agreement"] is not None]
+        fmt = (lambda x: "-" if x is None else f"{x:.3f}")
+        out.append(f"| {p} | {len(rows)} | {fmt(rows[-1]['live_agreement'])} | {fmt(min(live) if live else None)} | "
+                   f"{fmt(rows[-1]['verified_agreement'])} | {rows[-1]['plan_now']} |")
     if r.get("overhead"):
         o = r["overhead"]
         out += ["", f"Overhead, side by side on fresh servers ({o['0']['requests']} requests each): "

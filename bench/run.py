@@ -120,7 +120,15 @@ def summary(mode: str, command: str) -> dict:
         good = {m: fl["modes"][m][top]["requests_per_s"] * fl["modes"][m][top]["slo_attainment"]
                 for m in ("sharing", "no_sharing")}
         out["fleet_throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
-        out["fleet_requests_per_s"] = {m: fl["modes"][m][top]["requests_per_s"] for m in ("sharing", "no_sharing")}
+        if not good["no_sharing"]:
+            out["fleet_throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing"
+                                                        if good["sharing"] else "no request met the SLO either way")
+        rps = {m: fl["modes"][m][top]["requests_per_s"] for m in ("sharing", "no_sharing")}
+        out["fleet_requests_per_s"] = rps
+        out["fleet_throughput_gain"] = rps["sharing"] / rps["no_sharing"]
+        ttft = {m: fl["modes"][m][top].get("per_model_ttft_p50_s", {}) for m in ("sharing", "no_sharing")}
+        out["fleet_variant_ttft_p50_speedup"] = {v: ttft["no_sharing"][v] / ttft["sharing"][v]
+                                                 for v in fl["models"][1:] if v in ttft["sharing"] and v in ttft["no_sharing"]}
         out["fleet_slo_attainment"] = {m: fl["modes"][m][top]["slo_attainment"] for m in ("sharing", "no_sharing")}
         out["fleet_definition"] = (f"requests/s that met the TTFT SLO of {fl['slo_s']}s at {top} workflows/s "
                                    f"({' -> '.join(fl['models'])} per context), sharing over not sharing")

@@ -67,8 +67,22 @@ def _split(tokenizer: Any, prefix_text: str, full_text: str) -> PromptTokens | N
 
 def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> PromptTokens:
     """A conversation's tokens: every turn but the last is the shared prefix (one piece when the
-    template rewrites earlier turns). Template errors (e.g. a role order it refuses) propagate."""
-    full_text = _render(tokenizer, messages, True)
+    template rewrites earlier turns). Without a chat template (a base model), or with one that
+    refuses consecutive user turns, the turns before the last are the context and the last is the
+    request, laid out as :func:`layout` does, so a chat over a context the CLI stored is a hit.
+    Other template errors (e.g. a role order it refuses) propagate."""
+    plain = all(m["role"] in ("system", "user") for m in messages)
+    if not getattr(tokenizer, "chat_template", None):
+        if len(messages) == 1:
+            ids = _ids(tokenizer(messages[0]["content"], add_special_tokens=True)) + _tokens(tokenizer, "\n")
+            return PromptTokens(tuple(ids), ())
+        return layout(tokenizer, _JOIN.join(m["content"] for m in messages[:-1]), messages[-1]["content"])
+    try:
+        full_text = _render(tokenizer, messages, True)
+    except Exception:  # noqa: BLE001 - e.g. a template that alternates roles strictly
+        if len(messages) >= 2 and plain and not _two_turns_allowed(tokenizer):
+            return layout(tokenizer, _JOIN.join(m["content"] for m in messages[:-1]), messages[-1]["content"])
+        raise
     if len(messages) >= 2:
         split = _split(tokenizer, _render(tokenizer, messages[:-1], False), full_text)
         if split is not None:

@@ -100,6 +100,42 @@ def test_server_chat_prompt_follows_the_layout_rule():
     one = chat_prompt(tok, [{"role": "user", "content": "only"}])
     assert one == PromptTokens(tuple(ord(c) for c in "<user>only</><assistant>"), ())
 
+    class Plain:  # a base model's tokenizer: no chat template (Gemma 3 270M)
+        chat_template = None
+        bos = 1
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": ([self.bos] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    plain = Plain()
+    two = [{"role": "user", "content": "the context"}, {"role": "user", "content": "the request"}]
+    assert chat_prompt(plain, two) == layout(plain, "the context", "the request")
+    assert chat_prompt(plain, [{"role": "user", "content": "hi"}]) == PromptTokens((1, *map(ord, "hi\n")), ())
+
+
+def test_chat_prompt_for_a_template_that_refuses_two_user_turns():
+    """A chat of [user: context, user: request] to a model whose template alternates roles strictly is
+    laid out as the CLI lays it out (one turn, split where the context ends), not refused."""
+    from droidspeak.prompt import chat_prompt, layout
+
+    class Alternating:
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+            if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])):
+                raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+            return "".join(f"<t>{m['content']}<e>" for m in msgs) + ("<m>" if add_generation_prompt else "")
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    tok = Alternating()
+    two = [{"role": "user", "content": "the context"}, {"role": "user", "content": "the request"}]
+    assert chat_prompt(tok, two) == layout(tok, "the context", "the request")
+    bad = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(ValueError, match="alternate"):
+        chat_prompt(tok, bad)
+
 
 def test_layout_for_a_template_that_refuses_two_user_turns():
     """Gemma's template alternates roles strictly: the request joins the context's turn, and the prefix
