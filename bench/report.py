@@ -256,6 +256,11 @@ def profiles_section() -> list[str]:
         if p.get("format") != "droidspeak-profile/1":
             continue
         found = True
+        if p.get("exact"):
+            out.append(f"| {p['sender']} -> {p['receiver']} | - | - | **{p['chosen_plan']}** (proven exact) | "
+                       f"{p['chosen']['recomputed_layers']}/{p['exactness']['exact_layers']} | 0 by construction ({p['exactness']['kind']}) | "
+                       f"- | - | - | - | `{p.get('command', '')}` |")
+            continue
         ch, fr, ct = p["chosen"], p["full_reuse"], p["context_tokens"]
         plots = " ".join(f"[{k}](profiles/{v})" for k, v in p.get("plots", {}).items())
         out.append(f"| {p['sender']} -> {p['receiver']} | {p['rows']} ({ct['min']}-{ct['max']}) | "
@@ -278,7 +283,7 @@ def scattered_section() -> list[str]:
     n = 0
     for f in sorted((ROOT / "profiles").glob("*.json")):
         p = json.loads(f.read_text())
-        if p.get("format") != "droidspeak-profile/1":
+        if p.get("format") != "droidspeak-profile/1" or p.get("exact"):
             continue
         cands = p["candidates"]
         single = {}

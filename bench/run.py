@@ -75,13 +75,23 @@ def summary(mode: str, command: str) -> dict:
                     "ttft_speedup_4k": e["speedup_vs_full"]["plan"], "limit_ratio_4k": e["plan_over_limit"],
                     "llamacpp_ratio_4k": e["plan_over_llamacpp"], "ttft_s_4k": e["ttft_s"],
                     "ttft_command": t["command"]})
+        prof = ROOT / "profiles" / f"{t['sender']}__{t['receiver']}.json"
+        now = json.loads(prof.read_text()).get("chosen_plan") if prof.is_file() else None
+        if now != e["plan"]:
+            out["ttft_note"] = (f"measured with plan {e['plan']}, the profile of an earlier {t['receiver']}; the shipped "
+                                f"one's profile picks {now} (a plan's TTFT depends on its layers, not the weights)")
         ev = _load(f"eval_{t['sender']}__{t['receiver']}.json")
+        if ev and ev.get("plan") != e["plan"]:
+            out["quality_note"] = (f"the held-out eval ran the shipped profile's plan {ev.get('plan')}, not {e['plan']}: "
+                                   f"its drop is that plan's")
         if ev:
             out["relative_quality_drop_4k"] = ev["relative_drop"]
             out["quality_metric"] = ev["metric"]
             out["quality_rows"] = ev["rows"]
             out["quality_command"] = ev.get("command")
     lo = _load("serve_load_base_qa.json")
+    if lo and out.get("ttft_note"):
+        out["throughput_note"] = "measured with the same earlier receiver and its plan as ttft_note says"
     if lo:
         slo = lo["slo_s"]
         rates = sorted(lo["modes"]["sharing"], key=float)
