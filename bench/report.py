@@ -405,7 +405,13 @@ def summary_section() -> list[str]:
             f"| activated variant's held-out quality over the standard LoRA's | {f('exact_quality_vs_lora')} | "
             f"(1.0: no cost) | see the variants table |",
             f"| fleet throughput gain at the TTFT SLO (base + activated variants) | "
-            f"{f('fleet_throughput_gain_at_slo')}x | - | see the fleet table |", ""]
+            + (f"{f('fleet_throughput_gain_at_slo')}x" if r.get("fleet_throughput_gain_at_slo") is not None
+               else r.get("fleet_throughput_gain_at_slo_note", "n/a"))
+            + f" (requests/s: {f('fleet_throughput_gain')}x) | - | see the fleet table |", ""]
+    notes = [f"- {k.removesuffix('_note').replace('_', ' ')}: {v}" for k, v in r.items()
+             if k.endswith("_note") and k != "fleet_throughput_gain_at_slo_note"]
+    if notes:
+        out += ["Where a figure comes from:", "", *notes, ""]
     return out
 
 
