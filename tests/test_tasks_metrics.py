@@ -113,23 +113,25 @@ def test_server_chat_prompt_follows_the_layout_rule():
     assert chat_prompt(plain, [{"role": "user", "content": "hi"}]) == PromptTokens((1, *map(ord, "hi\n")), ())
 
 
+class _Alternating:
+    """A tokenizer in miniature whose template alternates roles strictly, like Gemma's."""
+    chat_template = "x"
+
+    def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
+        if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])):
+            raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+        return "".join(f"<t>{m['content']}<e>" for m in msgs) + ("<m>" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(c) for c in text]}
+
+
 def test_chat_prompt_for_a_template_that_refuses_two_user_turns():
     """A chat of [user: context, user: request] to a model whose template alternates roles strictly is
     laid out as the CLI lays it out (one turn, split where the context ends), not refused."""
     from droidspeak.prompt import chat_prompt, layout
 
-    class Alternating:
-        chat_template = "x"
-
-        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
-            if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])):
-                raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
-            return "".join(f"<t>{m['content']}<e>" for m in msgs) + ("<m>" if add_generation_prompt else "")
-
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [ord(c) for c in text]}
-
-    tok = Alternating()
+    tok = _Alternating()
     two = [{"role": "user", "content": "the context"}, {"role": "user", "content": "the request"}]
     assert chat_prompt(tok, two) == layout(tok, "the context", "the request")
     bad = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
@@ -142,18 +144,7 @@ def test_layout_for_a_template_that_refuses_two_user_turns():
     ends where the context does (still a true token prefix of every request on that context)."""
     from droidspeak.prompt import layout
 
-    class Alternating:
-        chat_template = "x"
-
-        def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=False):
-            if any(a["role"] == b["role"] for a, b in zip(msgs, msgs[1:])):
-                raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
-            return "".join(f"<t>{m['content']}<e>" for m in msgs) + ("<m>" if add_generation_prompt else "")
-
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [ord(c) for c in text]}
-
-    tok = Alternating()
+    tok = _Alternating()
     a, b = layout(tok, "shared doc", "first?"), layout(tok, "shared doc", "second?")
     assert a.prefix == b.prefix and "".join(map(chr, a.prefix)) == "<t>shared doc"
     assert "".join(map(chr, a.prefix + a.suffix)) == "<t>shared doc\n\nfirst?<e><m>"
