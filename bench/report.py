@@ -25,6 +25,27 @@ def _load(name: str):
 KIND_OF = {"": "LoRA (every layer)", "-alora": "activated LoRA (exact)", "-top20": "LoRA on layers 20+ (exact, 20:30)"}
 
 
+def _recipe_of(name: str | None) -> dict | None:
+    """What a shipped adapter was trained with: steps, rank, context tokens (its droidspeak.json)."""
+    p = ROOT / "adapters" / str(name) / "droidspeak.json"
+    if not name or not p.is_file():
+        return None
+    r = json.loads(p.read_text())["recipe"]
+    return {"steps": r.get("steps"), "rank": r.get("rank"), "contexts": tuple(r.get("train_lengths") or ())}
+
+
+def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
+    """A footnote mark when ``name`` was not trained with the exact variants' data budget (the
+    comparison is then not like for like, and the table must say so)."""
+    own = _recipe_of(name)
+    if not own or not ref or (own["steps"], own["contexts"]) == (ref["steps"], ref["contexts"]):
+        return ""
+    notes.append(f"- \\* {name}: an earlier recipe, not the exact variants' ({own['steps']} steps, rank {own['rank']}, "
+                 f"contexts of {own['contexts'][0]}-{own['contexts'][1]} tokens, against {ref['steps']} steps, contexts "
+                 f"of {ref['contexts'][0]}-{ref['contexts'][1]}): not a like-for-like comparison.")
+    return "\\*"
+
+
 def variants_section() -> list[str]:
     """Held-out quality of the base and every kind of variant of a task, on the same rows."""
     out = ["## Variants against the base on their own held-out task: what exactness costs in quality", ""]
@@ -34,6 +55,7 @@ def variants_section() -> list[str]:
     out += ["| task | metric | rows | context tokens | base | LoRA (every layer) | activated LoRA (exact, plan none) | "
             "LoRA on layers 20-29 (exact, plan 20:30) | activated / LoRA | command |",
             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for f in files:
         r = json.loads(f.read_text())
         sc = r["scores"]
@@ -41,15 +63,17 @@ def variants_section() -> list[str]:
         lora = next((n for n in names if not n.endswith(("-alora", "-top20"))), None)
         alora = next((n for n in names if n.endswith("-alora")), None)
         top = next((n for n in names if n.endswith("-top20")), None)
-        cell = lambda n: f"{sc[n]:.3f} ({n})" if n else "-"  # noqa: E731
+        ref = _recipe_of(alora or top)
+        cell = lambda n: (f"{sc[n]:.3f} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
         ratio = f"{sc[alora] / sc[lora]:.2f}" if lora and alora and sc.get(lora) else "-"
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
                    f"{sc['base']:.3f} | {cell(lora)} | {cell(alora)} | {cell(top)} | {ratio} | "
                    f"`{r['command']} --out bench/results/{f.name}` |")
     return out + ["", "Greedy decoding with each model's own full prefill (Hugging Face `generate`; PEFT's for the "
                       "activated adapter, which finds its invocation itself), the same held-out rows for every "
-                      "column. Every kind is trained by `droidspeak variants train NAME --adapter KIND` with the same "
-                      "rows, contexts (1-4K tokens) and step budget; see each adapter's droidspeak.json.", ""]
+                      "column. Every kind is trained by `droidspeak variants train NAME --adapter KIND` with its task's "
+                      "rows, contexts (1-4K tokens) and step budget (see each adapter's droidspeak.json), except "
+                      "where a mark below says otherwise.", *([""] + notes if notes else []), ""]
 
 
 def exact_section() -> list[str]:

@@ -63,6 +63,16 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _trained_with(name: str) -> str:
+    """Steps and training-context lengths of a shipped adapter (its droidspeak.json), for fairness checks."""
+    p = ROOT / "adapters" / name / "droidspeak.json"
+    if not p.is_file():
+        return "unknown"
+    r = json.loads(p.read_text())["recipe"]
+    lo, hi = (r.get("train_lengths") or ("?", "?"))[:2]
+    return f"{r.get('steps')} steps, contexts {lo}-{hi} tokens"
+
+
 def summary(mode: str, command: str) -> dict:
     out: dict = {"command": command, "mode": mode, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -112,18 +122,24 @@ def summary(mode: str, command: str) -> dict:
                                    "capture, held-out rows of its task at ~4K tokens (mean over activated variants); "
                                    "agreement: the share of rows whose answers are identical (min over variants)")
         out["exact_command"] = ex["command"]
-    ratios = {}
+    ratios, unfair = {}, {}
     for f in sorted(RES.glob("variants_*.json")):
         v = json.loads(f.read_text())
         lora = next((n for n in v["variants"] if not n.endswith(("-alora", "-top20"))), None)
         alora = next((n for n in v["variants"] if n.endswith("-alora")), None)
         if lora and alora and v["scores"].get(lora):
             ratios[v["task"]] = v["scores"][alora] / v["scores"][lora]
+            if _trained_with(lora) != _trained_with(alora):
+                unfair[v["task"]] = (f"{lora} is from an earlier recipe ({_trained_with(lora)}) than {alora} "
+                                     f"({_trained_with(alora)}): not like for like")
+    if unfair:
+        out["exact_quality_vs_lora_caveats"] = unfair
     if ratios:
         out["exact_quality_vs_lora"] = sum(ratios.values()) / len(ratios)
         out["exact_quality_vs_lora_by_task"] = ratios
         out["exact_quality_definition"] = ("held-out quality of the activated variant over the standard LoRA's, same "
-                                           "rows, same training data and steps (mean over tasks)")
+                                           "rows, same training data and steps (mean over tasks; exact_quality_vs_lora_caveats names "
+                                           "any task whose standard LoRA came from another recipe)")
     fl = _load("fleet_load.json")
     if fl:
         top = sorted(fl["modes"]["sharing"], key=float)[-1]

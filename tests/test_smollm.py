@@ -12,6 +12,7 @@ from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_pre
 from droidspeak.decode import greedy, stop_ids
 from droidspeak.errors import IncompatibleModelsError, UnknownModelError, WeightFileError
 from droidspeak.models import load_model, resolve
+from droidspeak.paths import REPO_DIR as REPO
 
 pytestmark = pytest.mark.smollm
 ATOL = 1e-4
@@ -92,6 +93,23 @@ def test_models_json_lists_one_family():
     assert len({x["identity"] for x in rows}) == len(rows)
     assert all(x["parent"] == "smollm2-135m-instruct" for x in rows if x["kind"] in ("lora", "alora")
                and x["name"].startswith("smollm2"))
+    # every shipped profile is bound to the shipped weights (a variant retrained without re-profiling
+    # fails here), and a profile marked exact says what the contract proves from the weights now
+    by_name = {x["name"]: x for x in rows}
+    checked = 0
+    for f in sorted((REPO / "profiles").glob("*.json")):
+        prof = json.loads(f.read_text())
+        if prof["sender"] not in by_name or prof["receiver"] not in by_name:
+            continue  # a family not installed here (Gemma without `make setup-gemma`)
+        checked += 1
+        assert prof["sender_identity"] == by_name[prof["sender"]]["identity"], f.name
+        assert prof["receiver_identity"] == by_name[prof["receiver"]]["identity"], f.name
+        proven = {c["with"]: c for c in by_name[prof["receiver"]]["cache_compatible"]}
+        if prof.get("exact"):
+            assert proven[prof["sender"]]["plan"] == prof["chosen_plan"], f.name
+        else:
+            assert prof["sender"] not in proven, f"{f.name}: a profiled pair that the weights prove exact"
+    assert checked >= 5
 
 
 def test_unknown_model_is_one_line():
