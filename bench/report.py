@@ -11,6 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import same_recipe, trained_with, variant_kinds  # noqa: E402
 from droidspeak.study import critical_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,20 +26,11 @@ def _load(name: str):
 KIND_OF = {"": "LoRA (every layer)", "-alora": "activated LoRA (exact)", "-top20": "LoRA on layers 20+ (exact, 20:30)"}
 
 
-def _recipe_of(name: str | None) -> dict | None:
-    """What a shipped adapter was trained with: steps, rank, context tokens (its droidspeak.json)."""
-    p = ROOT / "adapters" / str(name) / "droidspeak.json"
-    if not name or not p.is_file():
-        return None
-    r = json.loads(p.read_text())["recipe"]
-    return {"steps": r.get("steps"), "rank": r.get("rank"), "contexts": tuple(r.get("train_lengths") or ())}
-
-
 def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
     """A footnote mark when ``name`` was not trained with the exact variants' data budget (the
     comparison is then not like for like, and the table must say so)."""
-    own = _recipe_of(name)
-    if not own or not ref or (own["steps"], own["contexts"]) == (ref["steps"], ref["contexts"]):
+    own = trained_with(name)
+    if not own or not ref or same_recipe(own, ref):
         return ""
     notes.append(f"- \\* {name}: an earlier recipe, not the exact variants' ({own['steps']} steps, rank {own['rank']}, "
                  f"contexts of {own['contexts'][0]}-{own['contexts'][1]} tokens, against {ref['steps']} steps, contexts "
@@ -60,10 +52,8 @@ def variants_section() -> list[str]:
         r = json.loads(f.read_text())
         sc = r["scores"]
         names = r["variants"]
-        lora = next((n for n in names if not n.endswith(("-alora", "-top20"))), None)
-        alora = next((n for n in names if n.endswith("-alora")), None)
-        top = next((n for n in names if n.endswith("-top20")), None)
-        ref = _recipe_of(alora or top)
+        lora, alora, top = variant_kinds(names)
+        ref = trained_with(alora or top)
         cell = lambda n: (f"{sc[n]:.3f} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
         ratio = f"{sc[alora] / sc[lora]:.2f}" if lora and alora and sc.get(lora) else "-"
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
@@ -428,7 +418,7 @@ def summary_section() -> list[str]:
             f"{met('exact_answer_agreement_4k', lambda v: v >= 1.0)} |",
             f"| activated variant's held-out quality over the standard LoRA's | {f('exact_quality_vs_lora')} | "
             f"(1.0: no cost) | see the variants table |",
-            f"| fleet throughput gain at the TTFT SLO (base + activated variants) | "
+            "| fleet throughput gain at the TTFT SLO (base + activated variants) | "
             + (f"{f('fleet_throughput_gain_at_slo')}x" if r.get("fleet_throughput_gain_at_slo") is not None
                else r.get("fleet_throughput_gain_at_slo_note", "n/a"))
             + f" (requests/s: {f('fleet_throughput_gain')}x) | - | see the fleet table |", ""]

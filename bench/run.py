@@ -19,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from common import same_recipe, trained_with, variant_kinds
+
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"
 PY = sys.executable
 
 def _shipped(names: list[str]) -> list[str]:
     """The named variants that are shipped in adapters/ (a recipe not yet trained is left out)."""
-    return [n for n in names if (ROOT / "adapters" / n / "droidspeak.json").is_file()]
+    return [n for n in names if trained_with(n)]
 
 
 ALL_EXACT = [f"smollm2-{t}-{k}" for k in ("alora", "top20") for t in ("qa", "toolcall", "code")]
@@ -61,16 +63,6 @@ FULL = {
 def _load(name: str):
     p = RES / name
     return json.loads(p.read_text()) if p.is_file() else None
-
-
-def _trained_with(name: str) -> str:
-    """Steps and training-context lengths of a shipped adapter (its droidspeak.json), for fairness checks."""
-    p = ROOT / "adapters" / name / "droidspeak.json"
-    if not p.is_file():
-        return "unknown"
-    r = json.loads(p.read_text())["recipe"]
-    lo, hi = (r.get("train_lengths") or ("?", "?"))[:2]
-    return f"{r.get('steps')} steps, contexts {lo}-{hi} tokens"
 
 
 def summary(mode: str, command: str) -> dict:
@@ -125,13 +117,13 @@ def summary(mode: str, command: str) -> dict:
     ratios, unfair = {}, {}
     for f in sorted(RES.glob("variants_*.json")):
         v = json.loads(f.read_text())
-        lora = next((n for n in v["variants"] if not n.endswith(("-alora", "-top20"))), None)
-        alora = next((n for n in v["variants"] if n.endswith("-alora")), None)
+        lora, alora, _ = variant_kinds(v["variants"])
         if lora and alora and v["scores"].get(lora):
             ratios[v["task"]] = v["scores"][alora] / v["scores"][lora]
-            if _trained_with(lora) != _trained_with(alora):
-                unfair[v["task"]] = (f"{lora} is from an earlier recipe ({_trained_with(lora)}) than {alora} "
-                                     f"({_trained_with(alora)}): not like for like")
+            own, ref = trained_with(lora), trained_with(alora)
+            if (own or ref) and not same_recipe(own, ref):
+                said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
+                unfair[v["task"]] = f"{lora} is from an earlier recipe ({said(own)}) than {alora} ({said(ref)}): not like for like"
     if unfair:
         out["exact_quality_vs_lora_caveats"] = unfair
     if ratios:
