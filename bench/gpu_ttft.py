@@ -32,11 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill  # noqa: E402
-from droidspeak.decode import greedy  # noqa: E402
-from droidspeak.family import fingerprint  # noqa: E402
+from droidspeak.core.decode import greedy  # noqa: E402
+from droidspeak.models.family import fingerprint  # noqa: E402
 from droidspeak.kinds import ModelKind  # noqa: E402
-from droidspeak.models import LoadedModel, ModelSpec, summarize  # noqa: E402
-from droidspeak.tiny import tiny_config  # noqa: E402
+from droidspeak.models import LoadedModel, ModelSpec  # noqa: E402
+from droidspeak.models.exact import WeightSummary  # noqa: E402
+from droidspeak.testing.tiny import tiny_config  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                  vocab_size=128256, max_position_embeddings=40960, rope_theta=500000.0, tie_word_embeddings=False)
@@ -61,8 +62,9 @@ def build(layers: int, shape: dict, dtype: torch.dtype, dev: torch.device) -> tu
     fam = fingerprint(cfg, "random-weights")
     out = []
     for name, m in (("random-sender", a), ("random-receiver", b)):
-        ident = name  # hashing 16 GB of random weights would dominate the run: names stand in
-        out.append(LoadedModel(ModelSpec(name, ModelKind.FULL, None), m, None, ident, fam, summarize(m, fam, ident)))
+        # hashing 16 GB of random weights would dominate the run: names stand in for the digests
+        stand_in = WeightSummary(name, name, (name,) * fam.num_layers)
+        out.append(LoadedModel(ModelSpec(name, ModelKind.FULL, None), m.eval(), None, fam, stand_in))
     return out[0], out[1]
 
 

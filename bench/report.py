@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import same_recipe, trained_with, variant_kinds  # noqa: E402
-from droidspeak.study import critical_block  # noqa: E402
+from droidspeak.harness.study import critical_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"

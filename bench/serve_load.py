@@ -42,7 +42,7 @@ QUESTIONS = {  # each task's own kind of request about the shared document (QA u
 
 
 def question(model: str, row_prompt: str) -> str:
-    from droidspeak.variants import recipe_of
+    from droidspeak.training.variants import recipe_of
 
     r = recipe_of(model)
     if r is None:

@@ -26,7 +26,7 @@ from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
-from droidspeak.reuse import warm_up  # noqa: E402
+from droidspeak.harness.reuse import warm_up  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 
 PLANS = ["none", "12:15", "10:16", "15:24", "8:18", "5:20", "all"]

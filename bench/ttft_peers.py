@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
-from droidspeak.models import BASE_NAME, _gguf_file, load_model  # noqa: E402
-from droidspeak.reuse import warm_up  # noqa: E402
+from droidspeak.models import BASE_NAME, BASES, load_model  # noqa: E402
+from droidspeak.harness.reuse import warm_up  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
-from droidspeak.variants import profile_path  # noqa: E402
+from droidspeak.training.variants import profile_path  # noqa: E402
 
 
 def _llama(n_ctx: int, threads: int):
@@ -43,7 +43,7 @@ def _llama(n_ctx: int, threads: int):
         from llama_cpp import Llama
     except ImportError:
         return None
-    return Llama(model_path=str(_gguf_file()), n_ctx=n_ctx, n_threads=threads, n_batch=512, verbose=False)
+    return Llama(model_path=str(BASES[BASE_NAME].locate()), n_ctx=n_ctx, n_threads=threads, n_batch=512, verbose=False)
 
 
 def main() -> int:

@@ -11,17 +11,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SenderCapture": "sender", "capture": "sender",
+    "SenderCapture": "core.capture", "capture": "core.capture",
     "DroidspeakError": "errors",
-    "Compatibility": "family", "FamilyFingerprint": "family", "compatibility": "family",
-    "LoadedModel": "models", "load_model": "models",
-    "full_prefill": "partial", "partial_prefill": "partial",
-    "PrefillResult": "result", "ReuseInfo": "result",
-    "RecomputePlan": "plan",
-    "Profile": "profile",
-    "PromptTokens": "prompt", "layout": "prompt",
-    "ShareOptions": "sharing", "serve_prefill": "sharing",
-    "Exactness": "exact", "WeightSummary": "exact", "exactness": "exact",
+    "Compatibility": "models.family", "FamilyFingerprint": "models.family", "compatibility": "models.family",
+    "LoadedModel": "models.loaded", "load_model": "models.loading",
+    "full_prefill": "core.prefill", "partial_prefill": "core.prefill",
+    "PrefillResult": "core.result", "ReuseInfo": "core.result",
+    "RecomputePlan": "core.plan",
+    "Profile": "sharing.profile",
+    "PromptTokens": "core.prompt", "layout": "core.prompt",
+    "ShareOptions": "sharing.options", "serve_prefill": "sharing.path",
+    "Exactness": "models.exact", "WeightSummary": "models.exact", "exactness": "models.exact",
     "ShareKind": "kinds", "ModelKind": "kinds",
 }
 __all__ = sorted(_EXPORTS)

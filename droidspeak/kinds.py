@@ -1,4 +1,5 @@
-"""The kinds droidspeak names across modules: of models, of sharing decisions, of exactness, of tensors.
+"""The kinds droidspeak names across modules: of models, of sharing decisions, of exactness, of tensors,
+and the plan policies a request's prefill may choose by.
 
 Each is a ``str`` enum, so its value is what JSON output, metrics labels and store keys spell.
 """
@@ -6,6 +7,10 @@ Each is a ``str`` enum, so its value is what JSON output, metrics labels and sto
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
+
+Policy = Literal["load", "bandwidth", "profile"]
+POLICIES: tuple[Policy, ...] = ("load", "bandwidth", "profile")  # see droidspeak.sharing.options.ShareOptions
 
 
 class ModelKind(str, Enum):

@@ -13,14 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny():
-    from droidspeak.tiny import tiny_model
+    from droidspeak.testing.tiny import tiny_model
 
     return tiny_model(seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_recv(tiny):
-    from droidspeak.tiny import tiny_variant
+    from droidspeak.testing.tiny import tiny_variant
 
     return tiny_variant(tiny, seed=1)
 

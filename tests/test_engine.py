@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from droidspeak.prompt import PromptTokens
+from droidspeak.core.prompt import PromptTokens
 from droidspeak.serving.config import Settings
 from droidspeak.serving.engine import Engine, Hosted, ModelHost, QueueFull, Request
 from droidspeak.store import CacheStore, MemoryBackend
@@ -88,3 +88,25 @@ def test_sampling_is_seeded(engine):
     r1, d1 = _submit(engine, "a", ids, 8, temperature=1.0, seed=7)
     r2, d2 = _submit(engine, "a", ids, 8, temperature=1.0, seed=7)
     assert d1.wait(60) and d2.wait(60) and r1.out == r2.out
+
+
+def test_a_request_moves_only_forward_and_the_scheduler_moves_it():
+    from droidspeak.serving.request import Status
+    from droidspeak.serving.scheduler import Scheduler
+
+    r = Request("m", PromptTokens((1, 2, 3), ()), 4)
+    with pytest.raises(RuntimeError, match="not a transition"):
+        r.move_to(Status.DECODING)  # a queued request has not been prefilled
+    sched = Scheduler(max_waiting=4)
+    cancelled = Request("m", PromptTokens((1, 2), ()), 4, cancelled=True)
+    sched.add(cancelled)
+    sched.add(r)
+    turn = sched.next_prefill()
+    assert turn.request is r and turn.starting and turn.skipped == [cancelled] and r.status == Status.PREFILLING
+    assert sched.next_prefill().request is r and not sched.next_prefill().starting  # still its turn
+    sched.prefill_ended(r)
+    assert r.status == Status.DECODING and [g.pending for g in sched.decode_groups()] == [[r]]
+    r.move_to(Status.FINISHED)
+    with pytest.raises(RuntimeError):
+        r.move_to(Status.DECODING)
+    assert sched.take_all_running() == [r] and not sched.busy()

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill
-from droidspeak.decode import greedy
-from droidspeak.exact import WeightSummary, activation_point, exact_after, exactness
+from droidspeak.core.decode import greedy
+from droidspeak.core.prompt import PromptTokens
 from droidspeak.kinds import ExactKind, ShareKind
-from droidspeak.prompt import PromptTokens
+from droidspeak.models.exact import WeightSummary, activation_point, exact_after, exactness
 from droidspeak.sharing import ShareOptions, decide, serve_prefill
 from droidspeak.store import CacheStore, MemoryBackend
-from droidspeak.tiny import tiny_adapter
+from droidspeak.testing.tiny import tiny_adapter
 
 ATOL = 1e-4
 INVOKE = (5, 6, 7)
@@ -114,16 +114,16 @@ def test_frozen_bottom_plan_is_exact(tiny, fleet):
 
 
 # ------------------------------------------------------------------ the sharing decision
-def _store_with(sender, ctx, peers=()):
+def _store_with(sender, ctx, hosted=()):
     store = CacheStore(MemoryBackend(1 << 28))
-    res = serve_prefill(sender, store, PromptTokens(tuple(ctx), (11, 12)), peers=peers)
+    res = serve_prefill(sender, store, PromptTokens(tuple(ctx), (11, 12)), hosted=hosted)
     assert res.info.kind == ShareKind.MISS and res.info.stored_tokens == 64
     return store
 
 
 def test_decide_exact_for_activated_and_frozen_bottom(tiny, fleet):
     ctx = _ids(64, 7)
-    store = _store_with(tiny, ctx, peers=[m.weights for m in fleet.values()])
+    store = _store_with(tiny, ctx, hosted=[m.weights for m in fleet.values()])
     d = decide(fleet["alora"], store, PromptTokens(tuple(ctx), tuple(INVOKE) + (20, 21)))
     assert d.kind == ShareKind.EXACT and str(d.plan) == "none" and d.hit.tokens == 64
     d = decide(fleet["top"], store, PromptTokens(tuple(ctx), (20, 21)))

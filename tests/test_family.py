@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from droidspeak.family import FamilyFingerprint, compatibility, fingerprint
-from droidspeak.tiny import tiny_model, tiny_variant
+from droidspeak.models.family import FamilyFingerprint, compatibility, fingerprint
+from droidspeak.testing.tiny import tiny_model, tiny_variant
 
 
 def test_same_family_may_share(tiny, tiny_recv):
@@ -59,7 +59,7 @@ def test_identity_changes_with_one_weight(tiny):
 
     import torch
 
-    from droidspeak.identity import tensors_digest
+    from droidspeak.models.identity import tensors_digest
 
     sd = copy.deepcopy(tiny.model.state_dict())
     before = tensors_digest(sd)
@@ -69,7 +69,7 @@ def test_identity_changes_with_one_weight(tiny):
 
 
 def test_fingerprint_of_config_counts_head_dim():
-    from droidspeak.tiny import tiny_config
+    from droidspeak.testing.tiny import tiny_config
 
     f = fingerprint(tiny_config(), "t")
     assert (f.num_layers, f.hidden_size, f.num_heads, f.num_kv_heads, f.head_dim) == (6, 64, 4, 2, 16)

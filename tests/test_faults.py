@@ -9,7 +9,6 @@ import shutil
 import httpx
 import pytest
 import torch
-
 from conftest import ServerProc
 
 pytestmark = pytest.mark.smollm
@@ -34,8 +33,8 @@ def _chat(url, model, context, q, n=10):
 
 
 def _full_answer(model, context, q, n=10):
-    from droidspeak.decode import greedy, stop_ids
-    from droidspeak.partial import full_prefill
+    from droidspeak.core.decode import greedy, stop_ids
+    from droidspeak.core.prefill import full_prefill
 
     ids = model.tokenizer.apply_chat_template(_msgs(context, q), tokenize=True, add_generation_prompt=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)

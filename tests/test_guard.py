@@ -8,14 +8,14 @@ import threading
 import pytest
 import torch
 
-from droidspeak.guard import TrafficLog
+from droidspeak.core.prompt import PromptTokens
 from droidspeak.kinds import ShareKind
-from droidspeak.profiler import Profiler, write_profile
-from droidspeak.prompt import PromptTokens
+from droidspeak.profiling import Profiler, write_profile
 from droidspeak.serving.config import Settings
 from droidspeak.serving.engine import Engine, Hosted, ModelHost, Request
+from droidspeak.serving.traffic import TrafficLog
 from droidspeak.store import CacheStore, DiskBackend, MemoryBackend, TieredBackend
-from droidspeak.tiny import tiny_variant
+from droidspeak.testing.tiny import tiny_variant
 
 
 def _ids(n, seed):
@@ -34,10 +34,10 @@ def late(tiny):
 def profile_dir(tmp_path_factory, tiny, late):
     prompts = [PromptTokens(tuple(_ids(48, 100 + i)), tuple(_ids(5, 200 + i))) for i in range(3)]
     prof = Profiler(tiny, late, prompts, budget=0.01, granularity=1, max_new_tokens=8, progress=False).run()
-    assert prof["chosen_plan"] not in ("all", "none")  # a cheap plan, not exact, within budget
+    assert prof.chosen_plan not in ("all", "none")  # a cheap plan, not exact, within budget
     d = tmp_path_factory.mktemp("profiles")
     write_profile(prof, d / "tiny__late.json", plots=False)
-    d.joinpath("chosen").write_text(prof["chosen_plan"])
+    d.joinpath("chosen").write_text(prof.chosen_plan)
     return d
 
 
@@ -50,7 +50,7 @@ def _tampered(late):
         for name, p in m.named_parameters():
             if ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) < 3 and p.dim() >= 2:
                 p.add_(torch.randn(p.shape, generator=g) * p.std() * 0.8)
-    return type(late)(late.spec, m, None, late.identity, late.family, late.weights)
+    return late.running(m)
 
 
 def _engine(tiny, receiver, store, **kw):
@@ -174,4 +174,4 @@ def test_checked_prompts_are_kept_for_reprofiling(tiny, late, profile_dir, monke
     assert len(rows) == 3 and set(rows) <= set(asked)  # bounded: a ring of the last checks
     assert TrafficLog(DiskBackend(tmp_path / "disk"), "other").rows(tiny.identity, late.identity) == []
     prof = Profiler(tiny, late, rows, budget=0.01, granularity=2, max_new_tokens=6, progress=False).run()
-    assert prof["rows"] == 3
+    assert prof.rows == 3

@@ -4,10 +4,9 @@ escape, and store namespaces that keep deployments apart."""
 import httpx
 import pytest
 import schemathesis
+from conftest import ServerProc
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-
-from conftest import ServerProc
 
 pytestmark = pytest.mark.smollm
 

@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import ServerProc
 
 pytestmark = pytest.mark.smollm

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill
-from droidspeak.decode import greedy
+from droidspeak.core.decode import greedy
 from droidspeak.errors import DroidspeakError, IncompatibleModelsError, PlanError
-from droidspeak.tiny import tiny_model
+from droidspeak.testing.tiny import tiny_model
 
 ATOL = 1e-4
 SUFFIX = [11, 12, 13, 14, 15]
@@ -106,7 +106,7 @@ ARCH_CASES = {"mistral": {}, "qwen2": {}, "qwen3": {}, "gemma3": {}, "mistral-sl
 
 
 def _arch_pair(case):
-    from droidspeak.tiny import tiny_variant
+    from droidspeak.testing.tiny import tiny_variant
 
     arch = case.split("-")[0]
     sender = tiny_model(seed=0, arch=arch, **ARCH_CASES[case])
@@ -151,7 +151,7 @@ def test_other_architectures_greedy_after_partial_equals_generate(case, which, t
 def test_sliding_window_family_differs_by_window():
     a = tiny_model(seed=0, arch="mistral", sliding_window=24)
     b = tiny_model(seed=0, arch="mistral", sliding_window=32)
-    from droidspeak.family import compatibility
+    from droidspeak.models.family import compatibility
 
     v = compatibility(a.family, b.family)
     assert not v.ok and "attention layout" in v.reason
@@ -177,7 +177,7 @@ def test_chunked_capture_matches_one_pass(tiny, tiny_ids):
 def test_in_place_cache_appends_without_copying_what_is_there(tiny, tiny_ids):
     """The receiver's cache: reused K/V written once into preallocated buffers; later tokens land
     in place (the buffer keeps its address), and attention sees only the filled part."""
-    from droidspeak.surface import InPlaceLayer
+    from droidspeak.models.surface import InPlaceLayer
 
     res = full_prefill(tiny, tiny_ids, room=8)
     layer = res.cache.layers[0]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from droidspeak.core.plan import RecomputePlan
 from droidspeak.errors import PlanError
-from droidspeak.plan import RecomputePlan
 
 
 def test_parse_forms():
@@ -42,22 +42,20 @@ def test_direct_construction_validates():
         RecomputePlan(((0, 40),), 30)
 
 
-def test_profile_plan_and_its_check(tmp_path):
+def test_profile_plan_and_bad_files(tmp_path):
+    from droidspeak.sharing import Profile
+
     prof = tmp_path / "p.json"
     prof.write_text(json.dumps({"chosen_plan": "12:20", "sender_identity": "a"}))
-    assert RecomputePlan.parse(f"profile:{prof}", 30).groups == ((12, 20),)
-
-    def refuse(profile):
-        raise PlanError("profile is for another pair")
-
-    with pytest.raises(PlanError, match="another pair"):
-        RecomputePlan.parse(f"profile:{prof}", 30, refuse)
+    assert Profile.load(prof).plan(30).groups == ((12, 20),)
+    with pytest.raises(PlanError, match="cannot parse"):  # a plan names layers; a profile is named by the CLI
+        RecomputePlan.parse(f"profile:{prof}", 30)
     with pytest.raises(PlanError, match="not found"):
-        RecomputePlan.parse(f"profile:{tmp_path}/missing.json", 30)
+        Profile.load(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     with pytest.raises(PlanError, match="not valid JSON"):
-        RecomputePlan.parse(f"profile:{bad}", 30)
+        Profile.load(bad)
 
 
 def test_one_layer_reused_plans_cover_the_edges():
@@ -85,7 +83,7 @@ def _profile_dict(**over):
 
 def test_profile_is_a_typed_value(tmp_path):
     from droidspeak.errors import DroidspeakError
-    from droidspeak.profile import Profile
+    from droidspeak.sharing import Profile
 
     f = tmp_path / "p.json"
     f.write_text(json.dumps(_profile_dict()))
@@ -109,7 +107,7 @@ def test_profile_is_a_typed_value(tmp_path):
                                            ('{"chosen_plan": "0:2", "candidates": [{"plan": "x", "cost": "y"}]}',
                                             "malformed")])
 def test_bad_profile_files_are_one_line(tmp_path, content, words):
-    from droidspeak.profile import Profile, ProfileIndex
+    from droidspeak.sharing import Profile, ProfileIndex
 
     f = tmp_path / "bad.json"
     f.write_text(content)
@@ -130,3 +128,25 @@ def test_settings_refuse_unknown_choices(monkeypatch):
     monkeypatch.setenv("DROIDSPEAK_SHADOW_FRACTION", "half")
     with pytest.raises(DroidspeakError, match="is not a float"):
         Settings.load()
+
+
+def test_plan_relations():
+    a, b = RecomputePlan.parse("10:20", 30), RecomputePlan.parse("8:24", 30)
+    assert b.covers(a) and not a.covers(b) and a.covers(a) and a.covers(None)
+    assert RecomputePlan.all(30).is_full_recompute() and not b.is_full_recompute()
+    assert RecomputePlan.none(30).is_full_reuse() and not RecomputePlan.none(30).is_full_recompute()
+    assert b.fits([8]) and not b.fits([10]) and b.fits(None) and RecomputePlan.parse("0:4", 30).fits([])
+
+
+def test_shipped_profiles_read_back_as_themselves():
+    """The typed profile owns the file's format: every shipped profile, written and read again, is itself."""
+    from droidspeak.paths import REPO_DIR
+    from droidspeak.sharing import Profile
+
+    files = sorted((REPO_DIR / "profiles").glob("*.json"))
+    assert files
+    for f in files:
+        p = Profile.load(f)
+        again = Profile.from_dict(p.to_dict(), str(f))
+        assert again == p and again.to_dict() == p.to_dict(), f.name
+        assert again.costs == p.costs and again.top1 == p.top1 and again.verified == p.verified, f.name

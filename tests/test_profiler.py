@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, partial_prefill
+from droidspeak.core.prompt import PromptTokens
 from droidspeak.errors import DroidspeakError
-from droidspeak.profiler import CostModel, Profiler, boundaries, plan_of_units, propose_multi, write_profile
-from droidspeak.prompt import PromptTokens
-from droidspeak.reuse import profile_checker
-from droidspeak.tiny import tiny_model, tiny_variant
+from droidspeak.harness.reuse import parse_plan
+from droidspeak.profiling import Profiler, boundaries, plan_of_units, propose_multi, write_profile
+from droidspeak.sharing import CostModel, Profile
+from droidspeak.testing.tiny import tiny_model, tiny_variant
 
 
 def _prompts(n=3, ctx=48, seed=3):
@@ -49,7 +50,9 @@ def test_assembled_cache_equals_partial_prefill(tiny, tiny_recv):
 
 def test_profile_finds_the_changed_layers(tiny, late_variant):
     """Only layers 3-5 changed: recomputing 3:6 is exact, anything cheaper is not."""
-    p = Profiler(tiny, late_variant, _prompts(), budget=0.01, granularity=1, max_new_tokens=8, progress=False).run()
+    prof = Profiler(tiny, late_variant, _prompts(), budget=0.01, granularity=1, max_new_tokens=8, progress=False).run()
+    p = prof.to_dict()  # the profile file's object: the typed value writes every field the file had
+    assert Profile.from_dict(p).to_dict() == p  # and reads back as itself
     assert p["chosen_plan"] == "3:6"
     assert p["chosen"]["relative_drop"] == 0.0 and p["chosen"]["verified"] == "decoded"
     assert p["full_reuse"]["mean_kl"] > 1e-3 and p["full_reuse"]["verified"] == "decoded"
@@ -66,11 +69,11 @@ def test_profile_finds_the_changed_layers(tiny, late_variant):
 def test_chosen_plan_holds_when_evaluated_independently(tiny, tiny_recv):
     """The profiler's verified drop, recomputed by ``eval`` (its own captures, partial prefills and
     decoding, none of the profiler's assembled caches) on the same rows, is the same figure."""
-    from droidspeak.evaluate import evaluate_plan
+    from droidspeak.harness.evaluate import evaluate_plan
     from droidspeak.tasks import Example
 
     prompts = _prompts(2)
-    p = Profiler(tiny, tiny_recv, prompts, budget=0.0, granularity=2, max_new_tokens=6, progress=False).run()
+    p = Profiler(tiny, tiny_recv, prompts, budget=0.0, granularity=2, max_new_tokens=6, progress=False).run().to_dict()
     rows = [Example(" ".join(map(str, q.prefix)), " ".join(map(str, q.suffix))) for q in prompts]
     plan = RecomputePlan.parse(p["chosen_plan"], 6)
     ev = evaluate_plan(tiny, tiny_recv, plan, rows, None, max_new_tokens=6, progress=False,
@@ -99,7 +102,7 @@ def test_propose_multi_prefers_two_groups_for_bimodal_sensitivity():
 
 
 def test_frontier_is_monotone():
-    from droidspeak.profiler import Candidate
+    from droidspeak.sharing import Candidate
 
     cs = [Candidate(p, (), "single", 0, 1, 0, cost, mean_kl=kl)
           for p, cost, kl in [("a", 0.1, 1.0), ("b", 0.2, 2.0), ("c", 0.3, 0.5), ("d", 0.4, 0.5), ("e", 0.5, 0.1)]]
@@ -118,17 +121,17 @@ def test_cost_counts_recompute_and_transfers():
 
 def test_profile_refused_for_another_pair_family_or_weights(tmp_path, tiny, late_variant, tiny_recv):
     p = Profiler(tiny, late_variant, _prompts(1), granularity=3, max_new_tokens=4, progress=False).run()
-    files = write_profile(p, tmp_path / "p.json")
+    _, files = write_profile(p, tmp_path / "p.json")
     assert all((tmp_path / f).exists() for f in ("p.json", "p.sensitivity.png", "p.frontier.png")), files
     spec = f"profile:{tmp_path / 'p.json'}"
-    assert str(RecomputePlan.parse(spec, 6, profile_checker(tiny, late_variant))) == p["chosen_plan"]
+    assert str(parse_plan(spec, tiny, late_variant)) == p.chosen_plan
     with pytest.raises(DroidspeakError, match="another pair or changed weights"):  # another receiver
-        RecomputePlan.parse(spec, 6, profile_checker(tiny, tiny_recv))
+        parse_plan(spec, tiny, tiny_recv)
     changed = tiny_variant(late_variant, seed=9, scale=1e-3, layers=[5])  # same shape, new weights
     with pytest.raises(DroidspeakError, match="changed weights"):
-        RecomputePlan.parse(spec, 6, profile_checker(tiny, changed))
+        parse_plan(spec, tiny, changed)
     other = tiny_model(seed=0, num_layers=4)
     with pytest.raises(DroidspeakError, match="model family"):
-        RecomputePlan.parse(spec, 4, profile_checker(other, other))
+        parse_plan(spec, other, other)
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["format"] == "droidspeak-profile/1" and data["plots"]["frontier"] == "p.frontier.png"

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from droidspeak.metrics import token_f1
+from droidspeak.quality import token_f1
 
 pytestmark = pytest.mark.smollm
 
@@ -89,9 +89,9 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
     assert ds["kind"] == "cross-model" and ds["from_model"] == "smollm2-135m-instruct"
     assert 0 < len(ds["recomputed_layers"]) <= 30
     # within the profile's budget (1%) of the variant's own full-prefill answer
-    from droidspeak.decode import greedy, stop_ids
+    from droidspeak.core.decode import greedy, stop_ids
+    from droidspeak.core.prefill import full_prefill
     from droidspeak.models import load_model
-    from droidspeak.partial import full_prefill
 
     rv = load_model(PROFILED)
     ids = rv.tokenizer.apply_chat_template([{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_VARIANT}],
@@ -119,10 +119,10 @@ def test_variant_reuses_what_the_base_prefilled(client, server):
 def test_activated_variant_is_an_exact_hit(client, server):
     """The base read the context (previous test or here); the activated variant reuses every layer of
     it, recomputes nothing, and answers exactly as its own full prefill does."""
-    from droidspeak.decode import greedy, stop_ids
+    from droidspeak.core.decode import greedy, stop_ids
+    from droidspeak.core.prefill import full_prefill
+    from droidspeak.core.prompt import layout
     from droidspeak.models import load_model
-    from droidspeak.partial import full_prefill
-    from droidspeak.prompt import layout
 
     _chat(client, "smollm2-135m-instruct", Q_BASE)
     r = _chat(client, "smollm2-qa-alora", Q_VARIANT)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill
-from droidspeak.decode import greedy, stop_ids
+from droidspeak.core.decode import greedy, stop_ids
 from droidspeak.errors import IncompatibleModelsError, UnknownModelError, WeightFileError
 from droidspeak.models import load_model, resolve
 from droidspeak.paths import REPO_DIR as REPO
@@ -168,7 +168,7 @@ def test_same_name_new_weights_new_identity(tmp_path, smol_base):
 def test_adapter_for_another_base_is_refused(tmp_path, smol_base):
     from peft import LoraConfig, get_peft_model
 
-    from droidspeak.tiny import tiny_model
+    from droidspeak.testing.tiny import tiny_model
 
     tiny = tiny_model(0)
     peft = get_peft_model(tiny.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -202,7 +202,7 @@ def test_reuse_cli_json(tmp_path):
 
 def test_sensitivity_study_machinery(smol_base):
     """Sender == receiver: reusing any single layer changes nothing, so every layer scores 1.0."""
-    from droidspeak import study
+    from droidspeak.harness import study
     from droidspeak.tasks import Example
 
     rows = [Example(CONTEXT[:120], REQUEST, None)]  # short: 31 plans x 30 layers run on it
@@ -220,7 +220,7 @@ def test_demo_runs_end_to_end():
 
 def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):
     """A Hugging Face model directory loads by path; a different family is refused with the reason."""
-    from droidspeak.tiny import tiny_model
+    from droidspeak.testing.tiny import tiny_model
 
     d = tmp_path / "tiny-hf"
     tiny = tiny_model(0, vocab_size=smol_base.family.vocab_size)
@@ -240,8 +240,9 @@ def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):
 def test_gguf_converts_once_to_safetensors(tmp_path):
     """A fresh DROIDSPEAK_HOME: the first load converts the GGUF, the second reuses the copy."""
     code = (
-        "import time, json; from droidspeak.models import load_model, _converted_base_dir; t=time.time(); "
-        "m=load_model('base'); print(json.dumps({'s': time.time()-t, 'id': m.identity, 'dir': str(_converted_base_dir())}))"
+        "import time, json; from droidspeak.models import BASES, BASE_NAME, load_model; "
+        "from droidspeak.models.gguf import converted_dir; t=time.time(); m=load_model('base'); "
+        "print(json.dumps({'s': time.time()-t, 'id': m.identity, 'dir': str(converted_dir(BASES[BASE_NAME]))}))"
     )
     env = {**__import__("os").environ, "DROIDSPEAK_HOME": str(tmp_path)}
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -287,7 +288,7 @@ def test_two_processes_share_through_redis(tmp_path, redis_server):
     """A sender process stores through a real Redis; a receiver process in another process reuses it,
     and answers exactly as the in-process path does (the code variant: its profile reuses layers;
     the retrained QA LoRA's recomputes all 30)."""
-    from droidspeak.prompt import layout
+    from droidspeak.core.prompt import layout
     from droidspeak.sharing import ShareOptions, serve_prefill
     from droidspeak.store import CacheStore, MemoryBackend
 
@@ -323,7 +324,7 @@ def test_gemma3_pair_through_the_cli(tmp_path, smol_base):
     """A Gemma 3 pair as Hugging Face directories (a tiny random one: sliding-window layers with
     their own RoPE, scaled embeddings, q/k norms): `reuse --plan all` and the same model with
     `--plan none` give the receiver's own answer, first-token KL < 1e-5."""
-    from droidspeak.tiny import tiny_model, tiny_variant
+    from droidspeak.testing.tiny import tiny_model, tiny_variant
 
     vocab = smol_base.family.vocab_size
     sender = tiny_model(0, arch="gemma3", vocab_size=vocab)

@@ -6,11 +6,21 @@ import pytest
 import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill
+from droidspeak.core.prompt import PromptTokens
 from droidspeak.kinds import TensorKind
-from droidspeak.prompt import PromptTokens
-from droidspeak.store import (CacheStore, CorruptEntry, DiskBackend, MemoryBackend, RedisBackend, TieredBackend,
-                              chain_hashes, decode, encode, open_backend)
-from droidspeak.streamed import ORDERS, prefill_from_store
+from droidspeak.sharing.from_store import ORDERS, prefill_from_store
+from droidspeak.store import (
+    CacheStore,
+    CorruptEntry,
+    DiskBackend,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+    chain_hashes,
+    decode,
+    encode,
+    open_backend,
+)
 
 ATOL = 1e-4
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from droidspeak import metrics, tasks
+from droidspeak import quality as metrics
+from droidspeak import tasks
 from droidspeak.errors import DroidspeakError
 from droidspeak.tasks import code, qa, toolcall
 
@@ -78,7 +79,7 @@ def test_jsonl_roundtrip_and_errors(tmp_path):
 def test_server_chat_prompt_follows_the_layout_rule():
     """The server's conversation layout gives exactly the CLI's tokens for [user: context, user: request]
     (so a context one stored is a hit for the other), and splits any conversation before its last turn."""
-    from droidspeak.prompt import PromptTokens, chat_prompt, layout
+    from droidspeak.core.prompt import PromptTokens, chat_prompt, layout
 
     class Tok:  # a chat tokenizer in miniature: characters as tokens, a template like SmolLM2's
         chat_template = "x"
@@ -129,7 +130,7 @@ class _Alternating:
 def test_chat_prompt_for_a_template_that_refuses_two_user_turns():
     """A chat of [user: context, user: request] to a model whose template alternates roles strictly is
     laid out as the CLI lays it out (one turn, split where the context ends), not refused."""
-    from droidspeak.prompt import chat_prompt, layout
+    from droidspeak.core.prompt import chat_prompt, layout
 
     tok = _Alternating()
     two = [{"role": "user", "content": "the context"}, {"role": "user", "content": "the request"}]
@@ -142,7 +143,7 @@ def test_chat_prompt_for_a_template_that_refuses_two_user_turns():
 def test_layout_for_a_template_that_refuses_two_user_turns():
     """Gemma's template alternates roles strictly: the request joins the context's turn, and the prefix
     ends where the context does (still a true token prefix of every request on that context)."""
-    from droidspeak.prompt import layout
+    from droidspeak.core.prompt import layout
 
     tok = _Alternating()
     a, b = layout(tok, "shared doc", "first?"), layout(tok, "shared doc", "second?")

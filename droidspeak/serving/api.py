@@ -15,11 +15,14 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from ..prompt import PromptTokens, chat_prompt
+from ..core.prompt import PromptTokens, chat_prompt
+from ..models.exact import exactness
+from ..sharing.index import ProfileIndex
 from . import render
 from .config import Settings
 from .engine import Engine
@@ -221,9 +224,6 @@ def pairs_status(engine: Engine) -> list[dict[str, Any]]:
     """Every hosted (sender, receiver) pair that shares: exact ones with their proven plan, profiled
     ones with their profile's plan, the plan in force (the guard may have widened it), the profile's
     verified agreement and the live one from shadow checks."""
-    from ..exact import exactness
-    from ..profile import ProfileIndex
-
     index = ProfileIndex()
     guarded = {(st.profile.sender_identity, st.profile.receiver_identity): st for st in engine.guard.pairs.values()}
     out = []

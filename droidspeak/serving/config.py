@@ -1,4 +1,9 @@
-"""Server settings: one table, read from defaults, then a config file, then the environment, then flags."""
+"""Server settings: one table, read from defaults, then a config file, then the environment, then flags.
+
+The table is the only place a setting is named: the sharing options a request's prefill runs with
+(:meth:`Settings.share_options`) and the quality guard's settings (:meth:`Settings.guard_settings`)
+are made from it by name.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DroidspeakError
+from ..kinds import POLICIES
+from ..sharing.options import ShareOptions
+from .guard import GuardSettings
 
 
 def _f(default: Any, env: str, help_: str, choices: tuple[str, ...] | None = None):
@@ -31,7 +39,7 @@ class Settings:
     prefill_chunk: int = _f(1024, "DROIDSPEAK_PREFILL_CHUNK", "tokens per prefill step (others decode in between)")
     ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
     policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile",
-                     choices=("load", "bandwidth", "profile"))
+                     choices=POLICIES)
     share: bool = _f(True, "DROIDSPEAK_SHARE", "share caches across models, exact and profiled (false: same-model "
                    "prefix hits only)")
     min_hit_fraction: float = _f(0.5, "DROIDSPEAK_MIN_HIT_FRACTION",
@@ -89,6 +97,16 @@ class Settings:
         if choices and out not in choices:
             raise DroidspeakError(f"setting {name}={v!r} is not one of {', '.join(choices)}")
         return out
+
+    def share_options(self, waiting: int, room: int) -> ShareOptions:
+        """How a request's prefill may share: these settings, the queue behind it, its decoding room."""
+        return ShareOptions(policy=self.policy, share=self.share, min_hit_fraction=self.min_hit_fraction,  # type: ignore[arg-type]
+                            waiting=waiting, slo_s=self.ttft_slo_s, chunk=self.prefill_chunk, room=room)
+
+    def guard_settings(self) -> GuardSettings:
+        return GuardSettings(shadow_fraction=self.shadow_fraction, shadow_tokens=self.shadow_tokens,
+                             window=self.guard_window, min_samples=self.guard_min_samples,
+                             tolerance=self.guard_tolerance, seed=self.guard_seed)
 
     @classmethod
     def table(cls) -> list[tuple[str, str, Any, str]]:

@@ -14,16 +14,17 @@ import time
 
 import torch
 
-from ..guard import GuardSettings, QualityGuard, ShadowJob, TrafficLog, traffic_backend
 from ..kinds import ShareKind
 from ..store.cache import CacheStore
 from .config import Settings
+from .guard import QualityGuard, ShadowJob
 from .host import Hosted, ModelHost
 from .metrics import Metrics
 from .output import OutputProcessor
-from .request import QueueFull, Request
+from .request import QueueFull, Request, Status
 from .runner import ModelRunner
 from .scheduler import Scheduler
+from .traffic import TrafficLog, traffic_backend
 
 log = logging.getLogger("droidspeak.engine")
 __all__ = ["Engine", "Hosted", "ModelHost", "QueueFull", "Request"]
@@ -71,8 +72,7 @@ class Engine:
     def _make_guard(self, s: Settings, store: CacheStore | None) -> QualityGuard:
         traffic = (TrafficLog(traffic_backend(store.backend), store.keys.namespace, s.traffic_per_pair)
                    if store is not None and s.shadow_fraction > 0 else None)
-        guard = QualityGuard(GuardSettings(s.shadow_fraction, s.shadow_tokens, s.guard_window, s.guard_min_samples,
-                                           s.guard_tolerance, s.guard_seed), traffic)
+        guard = QualityGuard(s.guard_settings(), traffic)
         m = self.metrics
 
         def on_check(job, check, st):
@@ -99,43 +99,43 @@ class Engine:
     def step(self) -> None:
         """Schedule -> run -> postprocess: one prefill step, then one decode step per group."""
         self._prefill_step()
-        for g in list(self.scheduler.groups.values()):
+        for g in self.scheduler.decode_groups():
             for r in g.reqs:
-                if r.cancelled and r.id not in g.leaving:
-                    g.leaving.add(r.id)
+                if r.cancelled and r.status != Status.FINISHED:
                     self.output.finish(r, "abort")
+                    self.scheduler.leave(g, r)
             for r, logits in self.runner.decode(g):
                 if r.shadow is not None:
                     r.shadow.plan_choices.append(int(logits.argmax()))
                 self.output.token(r, self.runner.sample(r, logits))
                 self._shadow_ready(r)
-                if r.finish_reason is not None:
-                    g.leaving.add(r.id)
+                if r.status == Status.FINISHED:
+                    self.scheduler.leave(g, r)
             self.metrics.running.labels(g.model).set(g.size)
         if self.scheduler.idle():  # background work never runs ahead of a waiting or prefilling request
             self._shadow_step()
 
     def _prefill_step(self) -> None:
-        r, skipped = self.scheduler.next_prefill()
-        for x in skipped:
+        turn = self.scheduler.next_prefill()
+        for x in turn.skipped:
             self.metrics.waiting.labels(x.model).dec()
             self.output.finish(x, "abort")
+        r = turn.request
         if r is None:
             return
-        if r.steps is None:  # its first step: it leaves the queue
+        if turn.starting:  # its first step: it has left the queue
             self.metrics.waiting.labels(r.model).dec()
             r.t_prefill_start = time.time()
             self.metrics.queue.labels(r.model).observe(r.t_prefill_start - r.created)
             self.metrics.queries.labels(r.model).inc(len(r.prompt.ids))
             self.runner.start_prefill(r, waiting=len(self.scheduler.waiting))
         if r.cancelled:
-            self.scheduler.prefill_done()
             self.output.finish(r, "abort")
+            self.scheduler.prefill_ended(r)
             return
         res = self.runner.prefill_step(r)
         if res is None:
             return  # more chunks to go
-        self.scheduler.prefill_done()
         r.reuse, r.recomputed_layers, r.activation_at = res.info, res.recomputed_layers, res.activation_at
         r.from_model = self.host.name_of(res.info.sender)
         r.cache, r.length = res.cache, len(r.prompt.ids)
@@ -145,8 +145,7 @@ class Engine:
                                  [int(res.logits.argmax())], res.logits.detach().float().clone(), res.info.reused_tokens)
         self.output.token(r, self.runner.sample(r, res.logits))
         self._shadow_ready(r)
-        if r.finish_reason is None:
-            self.scheduler.join(r)
+        self.scheduler.prefill_ended(r)  # still running: it joins its model's decode group
 
     # ------------------------------------------------------------------ the quality guard's background work
     def _shadow_ready(self, r: Request) -> None:
@@ -185,11 +184,5 @@ class Engine:
                 self._shadow = None
 
     def _fail_current(self, e: Exception) -> None:
-        r = self.scheduler.prefilling
-        if r is not None:
-            self.scheduler.prefill_done()
+        for r in self.scheduler.take_all_running():
             self.output.finish(r, "error", error=f"internal error: {e}")
-        for g in self.scheduler.groups.values():
-            for x in g.reqs + g.pending:
-                self.output.finish(x, "error", error=f"internal error: {e}")
-        self.scheduler.groups.clear()

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DroidspeakError, UnknownModelError
-from ..exact import WeightSummary
 from ..kinds import ModelKind
-from ..models import LoadedModel, adapter_summary, check_adapter_base, load_model, registry, resolve
+from ..models.exact import WeightSummary
+from ..models.loaded import LoadedModel
+from ..models.loading import attach_adapters, load_model
+from ..models.registry import registry, resolve
 
 
 @dataclass
@@ -39,42 +41,22 @@ class ModelHost:
         return h
 
     def __init__(self, names: list[str] | None = None):
-        specs = registry()
-        wanted = [resolve(n) for n in (names or list(specs))]
+        wanted = [resolve(n) for n in (names or list(registry()))]
         self.models: dict[str, Hosted] = {}
-        adapters = [s for s in wanted if s.kind in (ModelKind.LORA, ModelKind.ALORA)]
+        adapters = [s for s in wanted if s.is_adapter]
         bases = {s.parent for s in adapters} | {s.name for s in wanted if s.kind == ModelKind.BASE}
-        shared: dict[str, tuple[LoadedModel, Any]] = {}
         for base_name in sorted(b for b in bases if b is not None):
             base = load_model(base_name)
-            mine = [s for s in adapters if s.parent == base_name]
-            peft = None
-            if mine:
-                from peft import PeftModel
-
-                for s in mine:
-                    check_adapter_base(s, base)
-                peft = PeftModel.from_pretrained(base.model, str(mine[0].path), adapter_name=mine[0].name,
-                                                 is_trainable=False)
-                for s in mine[1:]:
-                    peft.load_adapter(str(s.path), adapter_name=s.name, is_trainable=False)
-                peft.eval()
-            shared[base_name] = (base, peft)
+            peft, loaded = attach_adapters(base, [s for s in adapters if s.parent == base_name])
+            for adapter_name, m in loaded:
+                self.models[m.name] = Hosted(m.name, m.kind, m.spec.parent, m, peft, adapter_name)
+            if any(s.name == base_name for s in wanted):
+                self.models[base_name] = Hosted(base_name, ModelKind.BASE, None,
+                                                base.running(peft) if peft is not None else base, peft, None)
         for s in wanted:
-            if s.kind == ModelKind.BASE:
-                base, peft = shared[s.name]
-                model = peft if peft is not None else base.model
-                self.models[s.name] = Hosted(s.name, s.kind, None, LoadedModel(
-                    s, model, base.tokenizer, base.identity, base.family, base.weights), peft, None)
-            elif s.kind in (ModelKind.LORA, ModelKind.ALORA):
-                base, peft = shared[s.parent]  # type: ignore[index]
-                summary = adapter_summary(s.path, base.weights)  # type: ignore[arg-type]
-                loaded = LoadedModel(s, peft, base.tokenizer, summary.identity, base.family, summary,
-                                     {"base_identity": base.identity},
-                                     base.weights if s.kind == ModelKind.ALORA else summary)
-                self.models[s.name] = Hosted(s.name, s.kind, s.parent, loaded, peft, s.name)
-            else:
+            if not s.is_adapter and s.kind != ModelKind.BASE:
                 self.models[s.name] = Hosted(s.name, s.kind, s.parent, load_model(s.name))
+        self.models = {s.name: self.models[s.name] for s in wanted}  # in the order asked
         if not self.models:
             raise DroidspeakError("no models to serve")
 
@@ -97,8 +79,9 @@ class ModelHost:
             h.peft.set_adapter(h.adapter)
             yield h.loaded
 
-    def peers(self) -> list[WeightSummary]:
-        """Weight summaries of every hosted model (whose exact plans a capture must serve)."""
+    def weights(self) -> list[WeightSummary]:
+        """Weight summaries of every hosted model (whose plans a miss's capture serves, see
+        :mod:`droidspeak.sharing.peers`)."""
         return [h.loaded.weights for h in self.models.values()]
 
     def name_of(self, identity: str | None) -> str | None:

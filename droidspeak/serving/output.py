@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from ..decode import stop_ids
+from ..core.decode import stop_ids
 from .host import ModelHost
 from .metrics import Metrics
-from .request import Request
+from .request import Request, Status
 
 
 class OutputProcessor:
@@ -60,9 +60,12 @@ class OutputProcessor:
             self.finish(r, "length")
 
     def finish(self, r: Request, reason: str, error: str | None = None) -> None:
+        """The one place a request ends (stop, length, abort, error): its last event and its figures."""
         if r.finish_reason is not None and reason != "error":
             return
         r.finish_reason = reason
+        if r.status != Status.FINISHED:
+            r.move_to(Status.FINISHED)
         now = time.time()
         self.metrics.e2e.labels(r.model).observe(now - r.created)
         self.metrics.requests.labels(r.model, reason).inc()

@@ -1,4 +1,9 @@
-"""A generation request as the engine tracks it, from submission to its last token."""
+"""A generation request as the engine tracks it, from submission to its last token.
+
+A request's phase is its :class:`Status`, moved only by :meth:`Request.move_to` along the
+transitions the enum allows (the scheduler moves it): ``waiting -> prefilling -> decoding ->
+finished``, and to ``finished`` from any phase (a stop, an abort, an error).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,31 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 
-from ..prompt import PromptTokens
-from ..result import ReuseInfo
+from ..core.prompt import PromptTokens
+from ..core.result import ReuseInfo
+
+
+class Status(str, Enum):
+    """Where a request is (see the module docstring)."""
+
+    WAITING = "waiting"  # queued, not yet started
+    PREFILLING = "prefilling"  # its prefill runs (a miss: chunk by chunk)
+    DECODING = "decoding"  # prefilled, generating in its model's decode group
+    FINISHED = "finished"  # stopped, aborted or failed; nothing more happens to it
+
+    def may_become(self, other: "Status") -> bool:
+        return other in _NEXT[self]
+
+
+_NEXT = {Status.WAITING: {Status.PREFILLING, Status.FINISHED},
+         Status.PREFILLING: {Status.DECODING, Status.FINISHED},
+         Status.DECODING: {Status.FINISHED},
+         Status.FINISHED: set()}
 
 
 @dataclass
@@ -28,8 +52,9 @@ class Request:
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None  # "token" {text} | "done" {...}
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
-    cancelled: bool = False
+    cancelled: bool = False  # set by any thread; the engine finishes the request as aborted
     # ---- state, owned by the engine thread
+    status: Status = Status.WAITING
     out: list[int] = field(default_factory=list)  # generated token ids
     text: str = ""  # detokenized output sent so far
     length: int = 0  # tokens in this request's cache
@@ -42,9 +67,17 @@ class Request:
     t_last: float | None = None
     finish_reason: str | None = None
     cache: Any = None  # its own cache until it joins a decode group
-    steps: Any = None  # its running prefill (a generator)
+    steps: Any = None  # its running prefill (a generator), while prefilling
     rng: torch.Generator | None = None
     shadow: Any = None  # a ShadowJob being filled while it decodes (sampled for the quality guard)
+
+    def move_to(self, status: Status) -> None:
+        """Advance the request's phase; a transition the enum does not allow is a bug, refused loudly."""
+        if not self.status.may_become(status):
+            raise RuntimeError(f"request {self.id}: {self.status.value} -> {status.value} is not a transition")
+        self.status = status
+        if status == Status.FINISHED:
+            self.steps = None
 
     @property
     def cached_tokens(self) -> int:

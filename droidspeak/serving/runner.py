@@ -1,9 +1,9 @@
 """Running model code for the engine: a prefill step, a batched decode step, sampling.
 
-Prefill goes through the one sharing path (:func:`droidspeak.sharing.prefill_steps`), so the
+Prefill goes through the one sharing path (:func:`droidspeak.sharing.path.prefill_steps`), so the
 server and the CLI decide and assemble caches the same way. Decode batches the running requests
 of one model: their caches are stacked left-padded into one cache with room to decode into
-(:meth:`droidspeak.surface.ModelSurface.stack`), rebuilt only when a request joins or leaves or the
+(:meth:`droidspeak.models.surface.ModelSurface.stack`), rebuilt only when a request joins or leaves or the
 room runs out. A model with sliding-window layers decodes each request from its own cache.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..result import PrefillResult
-from ..sharing import PlanFloor, ShareOptions, prefill_steps
+from ..core.result import PrefillResult
+from ..sharing.decide import PlanFloor
+from ..sharing.path import prefill_steps
 from ..store.cache import CacheStore
 from .config import Settings
 from .host import ModelHost
@@ -27,10 +28,8 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ prefill
     def start_prefill(self, r: Request, waiting: int) -> None:
-        s = self.settings
-        opts = ShareOptions(policy=s.policy, share=s.share, min_hit_fraction=s.min_hit_fraction, waiting=waiting,  # type: ignore[arg-type]
-                            slo_s=s.ttft_slo_s, chunk=s.prefill_chunk, room=r.max_tokens + 1)
-        r.steps = prefill_steps(self.host.get(r.model).loaded, self.store, r.prompt, opts, peers=self.host.peers(),
+        opts = self.settings.share_options(waiting, room=r.max_tokens + 1)
+        r.steps = prefill_steps(self.host.get(r.model).loaded, self.store, r.prompt, opts, hosted=self.host.weights(),
                                 guard=self.guard)
 
     def prefill_step(self, r: Request) -> PrefillResult | None:
@@ -75,12 +74,8 @@ class ModelRunner:
         A group of one decodes from the request's own cache (no padding, no copy); a group of
         several from one left-padded batch cache with room for the longest remaining request."""
         was_batched = g.cache is not None
-        old = {r.id: i for i, r in enumerate(g.reqs)}
-        keep = [r for r in g.reqs if r.id not in g.leaving]
         limit = 1 if "sliding_attention" in surface.layer_kinds else self.settings.max_batch
-        admit = max(0, limit - len(keep))
-        joining, g.pending = g.pending[:admit], g.pending[admit:]
-        members = keep + joining
+        members, old = g.regroup(limit)
 
         def kv_of(r: Request):
             if r.cache is not None:  # alone or just prefilled: its own cache
@@ -102,7 +97,6 @@ class ModelRunner:
             g.cache, g.mask, g.width, g.room = None, None, r.length, self._left(r) + 1
         else:
             g.cache, g.mask, g.width, g.room = None, None, 0, 0
-        g.reqs, g.leaving = members, set()
 
     def _left(self, r: Request) -> int:
         """Tokens ``r`` may still generate."""

@@ -6,7 +6,7 @@ weights' summary, so a receiver can judge exactness without knowing that model),
 key at every block boundary. ``lookup(family, tokens)`` finds, for each sender that stored a prefix
 of these tokens, the longest such prefix. ``source(hit, items)`` streams entries on a background
 thread in the order asked (E first for pipelining) and answers as a
-:class:`~droidspeak.assemble.LayerSource`; each entry is decoded and checked against its key, the
+:class:`~droidspeak.core.assemble.LayerSource`; each entry is decoded and checked against its key, the
 family's shapes and the token count before it is handed over, and a missing or bad entry becomes
 ``None`` (counted and logged): the assembler recomputes instead.
 """
@@ -23,10 +23,10 @@ from typing import Iterable
 
 import torch
 
-from ..exact import WeightSummary
-from ..family import FamilyFingerprint
+from ..core.capture import SenderCapture
 from ..kinds import TensorKind
-from ..sender import SenderCapture
+from ..models.exact import WeightSummary
+from ..models.family import FamilyFingerprint
 from .backends import Backend
 from .codec import CorruptEntry, decode, encode
 from .keys import DEFAULT_BLOCK, FORMAT_VERSION, KeySpace, chain_hashes
@@ -211,7 +211,7 @@ class CacheStore:
 
 class FetchSource:
     """Fetches ``items`` in order on a background thread; answers ``e(layer)`` / ``kv(layer)``
-    (a :class:`~droidspeak.assemble.LayerSource`) as soon as that entry has arrived."""
+    (a :class:`~droidspeak.core.assemble.LayerSource`) as soon as that entry has arrived."""
 
     def __init__(self, store: CacheStore, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype,
                  timeout_s: float = 120.0):

@@ -1,4 +1,6 @@
-"""Store keys: what an entry is, spelled out so that no entry can be taken for another.
+"""Store keys, every format in one place: what an entry is, spelled out so that no entry can be
+taken for another, and the bookkeeping keys beside the entries (a Redis tier's byte budget, the
+quality guard's traffic log).
 
 A key names the deployment namespace, the entry format version, the model family fingerprint,
 the sender's content identity, the chained hash of the context's token blocks, the layer and the
@@ -65,3 +67,20 @@ class KeySpace:
 
     def senders(self, family: str) -> str:
         return f"{self.root}:{family}:senders"
+
+    # ---------------------------------------------------------------- bookkeeping beside the entries
+    def budget_lru(self) -> str:
+        """A Redis tier's sorted set of this namespace's keys by last use (eviction order)."""
+        return f"ds:{self.namespace}:lru"
+
+    def budget_bytes(self) -> str:
+        """A Redis tier's count of this namespace's bytes."""
+        return f"ds:{self.namespace}:bytes"
+
+    def budget_sizes(self) -> str:
+        """A Redis tier's hash of each key's size."""
+        return f"ds:{self.namespace}:sizes"
+
+    def traffic(self, pair: str, slot: int | str) -> str:
+        """One checked prompt the quality guard kept for ``pair`` (``slot`` ``next``: the ring's cursor)."""
+        return f"{self.root}:traffic:{pair}:{slot}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +64,39 @@ def length_for(split: Split, rng: random.Random, lengths: tuple[int, int] | None
     """Target context length in tokens: short for training, 1K-8K (log-uniform) for evaluation."""
     lo, hi = lengths or ((400, 1400) if split == "train" else (1024, 8000))
     return int(round(lo * (hi / lo) ** rng.random()))
+
+
+def fill(target: int, count: "TokenCounter", make: Callable[[], Any], render: Callable[[Any], str],
+         key: Callable[[Any], str] | None = None) -> tuple[list[Any], list[str], int]:
+    """Records drawn by ``make`` and their texts (``render``), until the texts reach ``target`` tokens;
+    with ``key``, a record whose key was drawn before is drawn again. Returns the records, their texts
+    and the token count (one separator token per text)."""
+    items: list[Any] = []
+    texts: list[str] = []
+    used: set[str] = set()
+    total = 0
+    while total < target:
+        item = make()
+        if key is not None:
+            if key(item) in used:
+                continue
+            used.add(key(item))
+        text = render(item)
+        items.append(item)
+        texts.append(text)
+        total += count(text) + 1
+    return items, texts, total
+
+
+def distinct(rng: random.Random, items: list[Any], key: Callable[[Any], str], first: Any, n: int) -> Iterator[Any]:
+    """``first``, then ``n - 1`` more of ``items``, each drawn among those not drawn yet (among all once
+    every one has been): the records several questions about one context ask about."""
+    asked = {key(first)}
+    yield first
+    for _ in range(n - 1):
+        pick = rng.choice([x for x in items if key(x) not in asked] or items)
+        asked.add(key(pick))
+        yield pick
 
 
 class TokenCounter:

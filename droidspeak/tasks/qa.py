@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from . import names
-from .common import Example, Split, TokenCounter, length_for, rng_for
+from .common import Example, Split, TokenCounter, distinct, fill, length_for, rng_for
 
 ATTRS = ("city", "job", "org", "year")
 
@@ -60,6 +60,11 @@ def _person(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _bio(rng: random.Random, split: Split, p: dict[str, Any]) -> str:
+    text = rng.choice(_BIO[split]).format(**p)
+    return text + " " + rng.choice(_FILLER[split]) if rng.random() < 0.25 else text
+
+
 def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
              lengths: tuple[int, int] | None = None, questions: int = 1) -> list[Example]:
     """``n`` contexts, each with ``questions`` questions about distinct people (consecutive rows share
@@ -68,32 +73,15 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
     count = TokenCounter(tokenizer)
     rows = []
     for i in range(n):
-        target = length_for(split, rng, lengths)
-        paras: list[str] = []
-        people: list[dict[str, Any]] = []
-        used: set[str] = set()
-        total = 0
-        while total < target:
-            p = _person(rng)
-            if p["name"] in used:
-                continue
-            used.add(p["name"])
-            text = rng.choice(_BIO[split]).format(**p)
-            if rng.random() < 0.25:
-                text += " " + rng.choice(_FILLER[split])
-            people.append(p)
-            paras.append(text)
-            total += count(text) + 1
+        people, paras, total = fill(length_for(split, rng, lengths), count, lambda: _person(rng),
+                                    lambda p: _bio(rng, split, p), key=lambda p: p["name"])
         gold = rng.choice(people)
         attr = rng.choice(ATTRS)
         title = f"Registry of the {names.word(rng)} district"
         context = title + "\n\n" + "\n".join(paras)
-        asked = {gold["name"]}
-        for j in range(questions):
+        for j, gold in enumerate(distinct(rng, people, lambda p: p["name"], gold, questions)):
             if j:  # further questions draw after the first, so one-question rows never change
-                gold = rng.choice([p for p in people if p["name"] not in asked] or people)
                 attr = rng.choice(ATTRS)
-                asked.add(gold["name"])
             q = _QUESTIONS[split][attr].format(name=gold["name"])
             rows.append(Example(context, _REQUEST[split].format(q=q), gold[attr], "qa",
                                 {"split": split, "attr": attr, "approx_tokens": total, "index": i, "question": j}))

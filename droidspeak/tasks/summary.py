@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import names
-from .common import Example, Split, TokenCounter, length_for, rng_for
+from .common import Example, Split, TokenCounter, fill, length_for, rng_for
 
 _NOTE = {
     "train": [
@@ -44,17 +44,11 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
     count = TokenCounter(tokenizer)
     rows = []
     for i in range(n):
-        target = length_for(split, rng, lengths)
-        lines: list[str] = []
-        projects: list[str] = []
-        total = 0
-        while total < target:
-            project = names.word(rng, (2, 3))
-            projects.append(project)
-            text = rng.choice(_NOTE[split]).format(person=names.person(rng), org=names.org(rng), project=project,
-                                                   status=rng.choice(_STATUS), step=rng.choice(_STEPS))
-            lines.append(text)
-            total += count(text) + 1
+        projects, lines, total = fill(
+            length_for(split, rng, lengths), count, lambda: names.word(rng, (2, 3)),
+            lambda project: rng.choice(_NOTE[split]).format(person=names.person(rng), org=names.org(rng),
+                                                            project=project, status=rng.choice(_STATUS),
+                                                            step=rng.choice(_STEPS)))
         context = f"Notes of the {names.word(rng)} planning meeting\n\n" + "\n".join(lines)
         prompt = rng.choice(_REQUEST[split]).format(project=rng.choice(projects))
         rows.append(Example(context, prompt, None, "summary", {"split": split, "approx_tokens": total, "index": i}))

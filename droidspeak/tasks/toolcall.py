@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from . import names
-from .common import Example, Split, TokenCounter, length_for, rng_for
+from .common import Example, Split, TokenCounter, distinct, fill, length_for, rng_for
 
 ACTIONS = {"refund_order": "refund", "cancel_order": "cancel", "ship_replacement": "ship a replacement for"}
 
@@ -67,31 +67,16 @@ def generate(split: Split, n: int, tokenizer: Any = None, seed: int = 0,
     count = TokenCounter(tokenizer)
     rows = []
     for i in range(n):
-        target = length_for(split, rng, lengths)
-        lines: list[str] = []
-        orders: list[dict[str, Any]] = []
-        used: set[str] = set()
-        total = 0
-        while total < target:
-            o = _order(rng)
-            if o["customer"] in used:
-                continue
-            used.add(o["customer"])
-            text = rng.choice(_RECORD[split]).format(**o)
-            orders.append(o)
-            lines.append(text)
-            total += count(text) + 1
+        orders, lines, total = fill(length_for(split, rng, lengths), count, lambda: _order(rng),
+                                    lambda o: rng.choice(_RECORD[split]).format(**o), key=lambda o: o["customer"])
         gold = rng.choice(orders)
         fn = rng.choice(list(ACTIONS))
         context = f"Order log, warehouse {names.word(rng)}\n\n" + "\n".join(lines)
         prompt = rng.choice(_REQUEST[split]).format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
-        asked = {gold["customer"]}
-        for j in range(questions):
+        for j, gold in enumerate(distinct(rng, orders, lambda o: o["customer"], gold, questions)):
             if j:  # further requests draw after the first, so one-request rows never change
-                gold = rng.choice([o for o in orders if o["customer"] not in asked] or orders)
                 fn = rng.choice(list(ACTIONS))
                 prompt = rng.choice(_REQUEST[split]).format(verb=ACTIONS[fn], customer=gold["customer"], fn=fn)
-                asked.add(gold["customer"])
             rows.append(Example(context, prompt, reference_call(fn, gold), "toolcall",
                                 {"split": split, "approx_tokens": total, "index": i, "question": j}))
     return rows

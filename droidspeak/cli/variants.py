@@ -1,0 +1,84 @@
+"""Commands about the shipped variants and their data: ``variants list|train|eval``, ``data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import DroidspeakError
+from .common import emit, table
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from ..training import variants
+
+    if args.variants_cmd == "list":
+        rows = [{"name": n, "base": r.parent, "task": r.task, "description": r.description, "steps": r.steps,
+                 "questions_per_context": r.questions, "context_tokens": list(r.train_lengths), "ranks": r.ranks}
+                for n, r in variants.RECIPES.items()]
+        emit(args, {"recipes": rows, "pairs": variants.PAIRS},
+             table([[r["name"], r["base"], r["task"], str(r["steps"]), r["description"]] for r in rows],
+                   ["recipe", "base", "task", "steps", "description"])
+             + "\nadapter kinds: --adapter lora (NAME), alora (NAME-alora), top:K (NAME-topK)"
+             + "\nprofiled pairs (sender -> receiver): " + ", ".join(f"{s} -> {r}" for s, r in variants.PAIRS))
+        return 0
+    if args.variants_cmd == "train":
+        out = variants.train(args.name, args.adapter, Path(args.out) if args.out else None, args.steps,
+                             progress=not args.json)
+        meta = json.loads((out / "droidspeak.json").read_text())
+        emit(args, {"adapter": str(out), "train_wall_s": meta["train_wall_s"], "final_loss": meta["loss_curve"][-1]},
+             f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
+        return 0
+    if args.variants_cmd == "eval":
+        res = variants.evaluate(args.names, args.n, progress=not args.json, lengths=(args.min_tokens, args.max_tokens))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        summary = {k: v for k, v in res.items() if k != "per_row"}
+        emit(args, summary, f"held-out {res['task']} ({res['rows']} rows, {res['min_tokens']}-{res['max_tokens']} "
+             f"tokens), {res['metric']}: " + ", ".join(f"{k} {v:.3f}" for k, v in res["scores"].items()))
+        return 0
+    raise DroidspeakError("use: droidspeak variants {list,train,eval}")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .. import tasks
+    from ..models import load_model
+
+    tok = load_model("base").tokenizer
+    rows = tasks.generate(args.task, args.split, args.n, tok, seed=args.seed,
+                          lengths=(args.min_tokens, args.max_tokens) if args.min_tokens else None)
+    tasks.write_jsonl(rows, args.out)
+    emit(args, {"rows": len(rows), "out": args.out}, f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def register(add) -> None:
+    sp = add("variants", "the shipped fine-tuned variants: list, train, eval", cmd_variants)
+    vsub = sp.add_subparsers(dest="variants_cmd", metavar="ACTION")
+    vl = vsub.add_parser("list", help="variants and the pairs that share")
+    vl.add_argument("--json", action="store_true")
+    vt = vsub.add_parser("train", help="train a variant's LoRA adapter from its recipe")
+    vt.add_argument("name")
+    vt.add_argument("--adapter", default="lora", help="lora (every layer), alora (activated: exact reuse of the base's "
+                                                     "context), top:K (layers K+ only: exact with plan K:L)")
+    vt.add_argument("--steps", type=int, help="override the recipe's step count")
+    vt.add_argument("--out", help="adapter folder (default adapters/NAME)")
+    vt.add_argument("--json", action="store_true")
+    ve = vsub.add_parser("eval", help="score variants of one task and their base on the same held-out rows")
+    ve.add_argument("names", nargs="+", metavar="NAME")
+    ve.add_argument("--n", type=int, default=30)
+    ve.add_argument("--min-tokens", type=int, default=1024)
+    ve.add_argument("--max-tokens", type=int, default=4096)
+    ve.add_argument("--out", help="write the full result (per row) as JSON here")
+    ve.add_argument("--json", action="store_true")
+
+    sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
+    sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])
+    sp.add_argument("--split", required=True, choices=["train", "calib", "heldout"])
+    sp.add_argument("--n", type=int, default=20)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--min-tokens", type=int)
+    sp.add_argument("--max-tokens", type=int)
+    sp.add_argument("--out", required=True)

@@ -1,0 +1,218 @@
+"""Loading models: one factory for bases, full fine-tunes and adapters, all offline.
+
+A base or full model is read from a safetensors directory (a shipped GGUF is converted once, see
+:mod:`.gguf`); an adapter is applied with PEFT on a private copy of its base (merged for a LoRA by
+default, never for an activated adapter, which acts only from its invocation on). Every weight file
+is checked before it is parsed; every fault is a one-line :class:`~droidspeak.errors.DroidspeakError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import IncompatibleModelsError, WeightFileError
+from ..kinds import ModelKind
+from . import identity as ident
+from .exact import WeightSummary
+from .family import fingerprint, tokenizer_hash
+from .gguf import converted_dir
+from .loaded import LoadedModel
+from .registry import BASES, ModelSpec, adapter_meta, registry, resolve
+
+
+# --------------------------------------------------------------------------- weight files
+def _check_safetensors(path: Path) -> None:
+    """Open a safetensors file's header and every tensor's extent; name the file when it fails."""
+    from safetensors import safe_open
+
+    try:
+        size = path.stat().st_size
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)  # validates offsets against the file
+        if size < 8:
+            raise ValueError("file too short")
+    except Exception as e:  # safetensors raises its own error types and OSError
+        raise WeightFileError(f"corrupt or truncated weight file {path}: {str(e).splitlines()[0]}") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    _check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise WeightFileError(f"corrupt or truncated weight file {path}: {str(e).splitlines()[0]}") from None
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise WeightFileError(f"no .safetensors weights in {path} (pickled .bin weights are refused)")
+    for w in weights:
+        _check_safetensors(w)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
+                                                     local_files_only=True)
+    except Exception as e:
+        raise WeightFileError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise WeightFileError(f"cannot load tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    return model, tok
+
+
+# --------------------------------------------------------------------------- bases and full models
+_BASE_CACHE: dict[tuple[str, torch.dtype], LoadedModel] = {}
+
+
+def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
+    key = (str(spec.path) if spec.path else spec.name, dtype)
+    cached = _BASE_CACHE.get(key)
+    if cached is None:
+        path = converted_dir(BASES[spec.name]) if spec.kind == ModelKind.BASE else spec.path
+        assert path is not None
+        model, tok = _load_hf_dir(path, dtype)
+        try:
+            family = fingerprint(model.config, tokenizer_hash(tok))
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise IncompatibleModelsError(f"cannot read the layout of {type(model).__name__} in {path}: {e}") from None
+        cached = LoadedModel.of(spec, model, tok, family)
+        _BASE_CACHE[key] = cached
+    # every caller gets its own module so that merging an adapter never touches the shared copy
+    return cached.running(copy.deepcopy(cached.model))
+
+
+# --------------------------------------------------------------------------- adapters
+def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightFileError(f"unreadable adapter_config.json in {adapter_dir}: {e}") from None
+
+
+_IDENTITY_KEYS = ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora", "bias")
+_IDENTITY_KEYS_IF_SET = ("layers_to_transform", "layers_pattern", "alora_invocation_tokens", "rank_pattern",
+                         "alpha_pattern")
+
+
+def adapter_summary(adapter_dir: Path, base: WeightSummary) -> WeightSummary:
+    """Identity and weight summary of base + adapter, from the adapter's files (no model needed)."""
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise WeightFileError(f"no adapter_model.safetensors in {adapter_dir} (pickled adapters are refused)")
+    return summarize_adapter(_load_tensors(weights), _adapter_config(adapter_dir), base)
+
+
+def summarize_adapter(tensors: dict[str, torch.Tensor], cfg: dict[str, Any], base: WeightSummary) -> WeightSummary:
+    """Identity and weight summary of base + an adapter's tensors and config.
+
+    A layer the adapter has no tensors for keeps the base's digest: its effective weights are the
+    base's, bit for bit. An activated adapter's context caches are its base's.
+    """
+    relevant = {k: cfg.get(k) for k in _IDENTITY_KEYS} | {k: cfg[k] for k in _IDENTITY_KEYS_IF_SET if cfg.get(k)}
+    activation = tuple(int(t) for t in cfg["alora_invocation_tokens"]) if cfg.get("alora_invocation_tokens") else None
+    identity = ident.combine("alora" if activation else "lora", base.identity, ident.tensors_digest(tensors), relevant)
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    touches_embed = False
+    for name, t in tensors.items():
+        idx = ident.layer_of(name)
+        if idx is None:
+            touches_embed |= "embed_tokens" in name
+        else:
+            by_layer.setdefault(idx, {})[name] = t
+    layers = tuple(ident.combine("lora-layer", d, ident.tensors_digest(by_layer[i]), relevant) if i in by_layer else d
+                   for i, d in enumerate(base.layers))
+    embed = ident.combine("lora-embed", base.embed, identity) if touches_embed else base.embed
+    return WeightSummary(identity, embed, layers, base.identity if activation else identity, activation)
+
+
+@functools.lru_cache(maxsize=256)
+def _summary_of_file(adapter_dir: str, _mtime_ns: int, _size: int, base: WeightSummary) -> WeightSummary:
+    return adapter_summary(Path(adapter_dir), base)
+
+
+def shipped_adapter_summaries(base: WeightSummary) -> list[WeightSummary]:
+    """Weight summaries of the registered adapters made for ``base`` (read once per file version).
+    An adapter of another base, or one that cannot be read, is left out (loading it by name says why)."""
+    out = []
+    for spec in registry().values():
+        if not spec.is_adapter or spec.path is None:
+            continue
+        if (adapter_meta(spec.path) or {}).get("base_identity", base.identity) != base.identity:
+            continue
+        w = spec.path / "adapter_model.safetensors"
+        try:
+            st = w.stat()
+            out.append(_summary_of_file(str(spec.path), st.st_mtime_ns, st.st_size, base))
+        except (OSError, WeightFileError):
+            continue
+    return out
+
+
+def check_adapter_base(spec: ModelSpec, base: LoadedModel) -> None:
+    """Refuse an adapter whose droidspeak.json names another base's weights."""
+    assert spec.path is not None
+    if (spec.path / "droidspeak.json").is_file():
+        want = (adapter_meta(spec.path) or {}).get("base_identity")
+        if want and want != base.identity:
+            raise IncompatibleModelsError(
+                f"adapter {spec.path.name} was trained on base {want[:12]} but {spec.parent} is {base.identity[:12]}"
+            )
+
+
+def attach_adapters(base: LoadedModel, specs: list[ModelSpec]) -> tuple[Any, list[tuple[str, LoadedModel]]]:
+    """Apply ``specs`` (adapters of ``base``) unmerged on ``base``'s module in one PeftModel. Returns
+    the PeftModel and, per adapter, its PEFT adapter name and a :class:`LoadedModel` running it."""
+    from peft import PeftModel
+
+    peft = None
+    loaded = []
+    for i, s in enumerate(specs):
+        name = f"a{i}_" + re.sub(r"[^A-Za-z0-9_-]", "_", Path(s.name).name)  # PEFT names are module keys: no dots
+        assert s.path is not None
+        summary = adapter_summary(s.path, base.weights)
+        check_adapter_base(s, base)
+        try:
+            if peft is None:
+                peft = PeftModel.from_pretrained(base.model, str(s.path), adapter_name=name, is_trainable=False)
+            else:
+                peft.load_adapter(str(s.path), adapter_name=name, is_trainable=False)
+        except RuntimeError as e:
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+            raise IncompatibleModelsError(f"adapter {s.path} does not fit base {s.parent}: {first}") from None
+        except Exception as e:
+            raise WeightFileError(f"cannot load adapter {s.path}: {str(e).splitlines()[0]}") from None
+        loaded.append((name, LoadedModel.adapter(s, peft, base, summary)))
+    return peft, loaded
+
+
+# --------------------------------------------------------------------------- the factory
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: bool = True) -> LoadedModel:
+    """Load a model by registered name or path.
+
+    A LoRA adapter is applied on a private copy of its base; with ``merge`` (the default) it is
+    merged into the weights, which is fastest for one model per process. An activated adapter is
+    never merged (it acts only from its invocation on). Raises :class:`DroidspeakError`
+    subclasses with one-line messages on bad input.
+    """
+    spec = resolve(name_or_path)
+    if not spec.is_adapter:
+        return _load_base_like(spec, dtype)
+    assert spec.path is not None and spec.parent is not None
+    base = load_model(spec.parent, dtype=dtype, merge=True)
+    peft, ((_, adapter),) = attach_adapters(base, [spec])
+    if merge and spec.kind == ModelKind.LORA:
+        return adapter.running(peft.merge_and_unload())
+    return adapter

@@ -1,0 +1,113 @@
+"""Where sharing happens: one entry point that serves a request's prefill, for the CLI and the server.
+
+:func:`prefill_steps` is the only way a request's prefill is served. It looks up the longest stored
+prefix of the prompt among every producer of the receiver's family (:func:`~.decide.decide`) and
+uses it in one of three ways:
+
+* **same model**: the receiver's own weights wrote it: every layer is reused;
+* **exact** (:mod:`droidspeak.models.exact`): another model's weights that provably give the receiver's
+  own cache (an activated adapter and its base; a frozen-bottom fine-tune with plan ``K:L``): the
+  proven plan, no profile, no quality check;
+* **profiled**: another model through the pair's profile (refused unless it was made for exactly
+  those weights), with the plan chosen by policy (the profile's own, the lowest predicted TTFT
+  over the link, or the paper's load rule).
+
+With nothing usable the receiver prefills the prompt itself, in chunks between which the server
+decodes other requests, and stores its K/V (and the E its peers' plans need) for the others. Every
+fault on the way (a bad profile, a damaged entry, a store going away) falls back to computing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterable
+
+from ..core.assemble import CaptureSource, assemble
+from ..core.capture import capture_steps, run_to_end
+from ..core.plan import RecomputePlan
+from ..core.prefill import finish_prefill, full_prefill
+from ..core.prompt import PromptTokens
+from ..core.result import PrefillResult, ReuseInfo, Timings
+from ..kinds import ShareKind
+from ..models.exact import WeightSummary, activation_point
+from ..models.loaded import LoadedModel
+from ..store.cache import CacheStore
+from .decide import Decision, PlanFloor, decide_safely
+from .from_store import prefill_from_store
+from .index import ProfileIndex
+from .options import ShareOptions
+from .peers import capture_peers, needed_e_layers
+
+
+def capture_length(receiver: LoadedModel, ids: list[int], block: int) -> int:
+    """Tokens of a miss to prefill as a capture (stored for others when there is a store): the
+    block-aligned part of the prompt but its last token, and for an activated adapter no further
+    than its activation point (a capture is always its base's cache); the rest runs on top."""
+    n = (len(ids) - 1) // block * block
+    if receiver.activation is not None:
+        at = activation_point(ids, receiver.activation)
+        if at is not None:
+            n = min(n, at // block * block)
+    return n
+
+
+def prefill_hit(receiver: LoadedModel, store: CacheStore, d: Decision, prompt: PromptTokens,
+                opts: ShareOptions = ShareOptions()) -> PrefillResult:
+    """The receiver's prefill reusing the decision's stored prefix with its plan."""
+    assert d.hit is not None
+    res = prefill_from_store(receiver, store, d.hit, d.plan, prompt, room=opts.room, kind=d.kind)
+    res.info.reason = d.reason
+    res.info.profile = d.profile.name if d.profile else None
+    res.info.source = d.profile
+    store.stats.bump(f"{d.kind.value}_hits")
+    return res
+
+
+def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, opts: ShareOptions,
+                 hosted: Iterable[WeightSummary] = (), profiles: ProfileIndex | None = None,
+                 reason: str = "no usable stored prefix") -> Generator[int, None, PrefillResult]:
+    """The receiver's own prefill as one pass that both answers and is stored: the first tokens are
+    captured in chunks (K/V, and the E its peers need: :mod:`.peers`), then the rest runs on top (the
+    same model with nothing recomputed is exactly its own full prefill)."""
+    ids = prompt.ids
+    n = capture_length(receiver, ids, store.block if store is not None else 1)
+    if n <= 0:  # nothing worth capturing: the model's own prefill in one step
+        res = full_prefill(receiver, ids, opts.room)
+        res.info.reason = reason
+        return res
+    e_layers = needed_e_layers(receiver, capture_peers(receiver, hosted), profiles) if store is not None else []
+    t0 = time.perf_counter()
+    cap = yield from capture_steps(receiver, ids[:n], e_layers=e_layers, chunk=opts.chunk)
+    t_capture = time.perf_counter() - t0
+    at = activation_point(ids, receiver.activation)
+    asm = assemble(receiver.surface, ids[:n], RecomputePlan.none(receiver.num_layers), CaptureSource(cap))
+    cache, logits, suffix_s = finish_prefill(receiver, asm, ids, opts.room, at)
+    info = ReuseInfo(ShareKind.MISS, reason=reason)
+    if store is not None:
+        info.stored_tokens = store.put(cap)
+    return PrefillResult(cache, logits, list(range(receiver.num_layers)), info,
+                         Timings(time.perf_counter() - t0, t_capture, suffix_s), at)
+
+
+def prefill_steps(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens,
+                  opts: ShareOptions = ShareOptions(), hosted: Iterable[WeightSummary] = (),
+                  profiles: ProfileIndex | None = None,
+                  guard: PlanFloor | None = None) -> Generator[int, None, PrefillResult]:
+    """Serve one request's prefill, sharing through ``store`` where it safely can: a generator that
+    yields between prefill chunks and returns the :class:`PrefillResult` (the one path for the CLI
+    and the server). ``hosted``: the other models served beside the receiver (a server's), whose
+    plans a miss's capture serves besides the registered ones'."""
+    reason = "no store"
+    if store is not None:
+        d = decide_safely(receiver, store, prompt, opts, profiles, guard)
+        if d.hit is not None:
+            return prefill_hit(receiver, store, d, prompt, opts)
+        reason = d.reason
+    return (yield from prefill_miss(receiver, store if opts.store_on_miss else None, prompt, opts, hosted, profiles,
+                                    reason))
+
+
+def serve_prefill(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens,
+                  opts: ShareOptions = ShareOptions(), **kw) -> PrefillResult:
+    """:func:`prefill_steps` run to its end (for callers that do not interleave other work)."""
+    return run_to_end(prefill_steps(receiver, store, prompt, opts, **kw))

@@ -1,0 +1,174 @@
+"""Training the shipped variants: a standard LoRA, an activated LoRA (aLoRA), or a LoRA on the top layers.
+
+All three kinds see the same rows in the same order with the same step budget: each step is one
+training context (1-4K tokens) with several requests about it (``Recipe.questions``), and the loss
+is the mean over the requests of the answer tokens' cross-entropy. What differs is what the
+adapter may touch, and so how much of the context's cache it shares with its base:
+
+* ``lora``: every projection of every layer. The context runs once *with* gradients and the
+  requests run on copies of its cache, so the backward pass goes through the context once per
+  step (the same gradients as a batch of ``questions`` full sequences, at a fraction of the cost).
+* ``alora``: an activated LoRA (PEFT ``alora_invocation_tokens``) whose invocation sequence is
+  the request turn's header (``<|im_start|>user\\n`` for SmolLM2): it acts on the request and the
+  answer only, never on the context before it. So the context goes through the base once,
+  without gradients, and every request trains over a copy of that cache. Its context cache *is*
+  the base's: shared exactly, with nothing recomputed.
+* ``top:K``: every projection of layers ``K..L-1`` (PEFT ``layers_to_transform``). Layers below
+  K stay the base's bit for bit, so plan ``K:L`` over the base's cache is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..errors import DroidspeakError
+from ..models.surface import ModelSurface
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterKind:
+    """Which weights an adapter may change: ``lora``, ``alora`` or ``top:K``."""
+
+    kind: Literal["lora", "alora", "top"]
+    first_layer: int = 0  # top:K: the lowest layer the adapter touches
+
+    @classmethod
+    def parse(cls, text: str) -> "AdapterKind":
+        t = text.strip().lower()
+        if t in ("lora", "alora"):
+            return cls(t)  # type: ignore[arg-type]
+        m = re.fullmatch(r"top:(\d+)", t)
+        if m:
+            return cls("top", int(m.group(1)))
+        raise DroidspeakError(f"unknown adapter kind '{text}': use lora, alora or top:K (K = the first trained layer)")
+
+    @property
+    def name_suffix(self) -> str:
+        return {"lora": "", "alora": "-alora", "top": f"-top{self.first_layer}"}[self.kind]
+
+    def __str__(self) -> str:
+        return f"top:{self.first_layer}" if self.kind == "top" else self.kind
+
+
+def invocation_tokens(tokenizer: Any) -> list[int]:
+    """The request turn's header, where an activated adapter starts acting (see the layout rule in
+    :mod:`droidspeak.core.prompt`: the request is the turn after the context's)."""
+    from ..core.prompt import layout
+
+    a = layout(tokenizer, "x", "first request").suffix
+    b = layout(tokenizer, "x", "another, different request").suffix
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n == 0:
+        raise DroidspeakError("this tokenizer's request turn has no fixed header to invoke an activated adapter with")
+    return list(a[:n])
+
+
+def lora_config(adapter: AdapterKind, rank: int, alpha: int, num_layers: int, invocation: list[int] | None):
+    from peft import LoraConfig
+
+    kw: dict[str, Any] = dict(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                              task_type="CAUSAL_LM")
+    if adapter.kind == "alora":
+        kw["alora_invocation_tokens"] = list(invocation or [])
+    elif adapter.kind == "top":
+        if not 0 < adapter.first_layer < num_layers:
+            raise DroidspeakError(f"top:K needs 0 < K < {num_layers}")
+        kw["layers_to_transform"] = list(range(adapter.first_layer, num_layers))
+        kw["layers_pattern"] = "layers"
+    return LoraConfig(**kw)
+
+
+def _requests_loss(model: Any, cache: Any, surface: ModelSurface, requests: list[tuple[list[int], list[int]]],
+                   alora: bool) -> torch.Tensor:
+    """Mean over the requests of their answer tokens' cross-entropy, all requests in one batch over
+    the context's cache (right-padded; causal attention keeps pads out of every real token's view)."""
+    B = len(requests)
+    width = max(len(q) + len(a) for q, a in requests)
+    n = cache.get_seq_length()
+    ids = torch.zeros(B, width, dtype=torch.long)
+    labels = torch.full((B, width), -100, dtype=torch.long)
+    mask = torch.zeros(B, n + width, dtype=torch.long)
+    mask[:, :n] = 1
+    for i, (q, a) in enumerate(requests):
+        ids[i, :len(q) + len(a)] = torch.tensor(q + a)
+        labels[i, len(q):len(q) + len(a)] = torch.tensor(a)
+        mask[i, n:n + len(q) + len(a)] = 1
+    batched = surface.fork_cache(cache, batch=B)  # the context's cache, repeated as a view: never written
+    kw = {"alora_offsets": [width] * B} if alora else {}  # the adapter acts on every request token (pads ignored)
+    logits = model(input_ids=ids, attention_mask=mask, cache=batched, use_cache=True, **kw).logits
+    # each request's loss is its own mean over its answer tokens, then the requests are averaged
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    tgt = labels[:, 1:]
+    picked = logp.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    valid = tgt != -100
+    per_req = -(picked * valid).sum(1) / valid.sum(1).clamp_min(1)
+    return per_req.mean()
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def train_adapter(base: Any, groups: list[tuple[list[int], list[tuple[list[int], list[int]]]]], adapter: AdapterKind,
+                  rank: int, alpha: int, lr: float, seed: int, warmup: int, progress: bool = True,
+                  invocation: list[int] | None = None) -> tuple[Any, list[float], float]:
+    """Train an adapter of ``adapter``'s kind on ``base`` (a LoadedModel, modified in place).
+
+    ``groups``: per step, the context's prefix tokens and its ``(request tokens, answer tokens)``
+    pairs. Returns the PeftModel, the loss per step and the wall time.
+    """
+    from peft import get_peft_model
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    cfg = lora_config(adapter, rank, alpha, base.num_layers, invocation)
+    model = get_peft_model(base.model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, len(groups), warmup))
+    surface = ModelSurface(model)
+    losses: list[float] = []
+    t0 = time.time()
+    bar = tqdm(groups, desc=f"train {adapter}", disable=not progress, file=sys.stderr)
+    for prefix, requests in bar:
+        ctx = torch.tensor([prefix])
+        if adapter.kind == "alora":
+            with torch.no_grad(), model.disable_adapter():  # the base's cache: the adapter never sees the context
+                cache = model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+        else:  # gradients flow through the context once, shared by every request's loss
+            cache = model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+        loss = _requests_loss(model, cache, surface, requests, alora=adapter.kind == "alora")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return model, losses, time.time() - t0
+
+
+def save_half(model: Any, out: Any) -> None:
+    """Save the adapter as safetensors in fp16 (half the bytes; loading casts it back exactly)."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(out), safe_serialization=True)
+    w = out / "adapter_model.safetensors"
+    tensors = load_file(str(w))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(w))

@@ -1,0 +1,206 @@
+"""The shipped fine-tuned variants: how each is trained, and how it is judged against the base.
+
+``droidspeak variants train NAME --adapter lora|alora|top:K`` regenerates an adapter from scratch
+(see :mod:`droidspeak.training.adapters` for what the three kinds may change): the task's *train* split,
+contexts of 1-4K tokens with several requests each, a fixed seed and step budget shared by all
+kinds. The adapter is written as safetensors (fp16) with a ``droidspeak.json`` that records the
+recipe, the adapter kind, the base's identity and family, the loss curve and the wall time.
+``droidspeak variants eval NAME [NAME...]`` scores the variants and their base on the same held-out
+rows of the task.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import tasks
+from ..core.prompt import answer_tokens, layout
+from ..errors import DroidspeakError
+from ..models import BASE_NAME, load_model, shipped_variants
+from ..paths import REPO_DIR, adapters_dir
+from ..quality import score
+from .adapters import AdapterKind, invocation_tokens, save_half, train_adapter
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How one task variant is trained (the same for each adapter kind, but the rank)."""
+
+    task: str
+    description: str
+    parent: str = BASE_NAME
+    steps: int = 100  # optimizer steps; each is one context with `questions` requests
+    lr: float = 6e-4
+    seed: int = 0
+    warmup: int = 8
+    train_lengths: tuple[int, int] = (1024, 4096)  # context tokens of training rows (log-uniform)
+    questions: int = 4  # requests per context (tasks that can ask several; else 1)
+    max_new_tokens: int = 24
+    ranks: dict[str, int] = field(default_factory=lambda: {"lora": 16, "top": 16, "alora": 32})
+    top_first_layer: int = 20  # the K of the shipped top:K variant
+
+    def rank(self, adapter: AdapterKind) -> int:
+        return self.ranks[adapter.kind]
+
+
+RECIPES: dict[str, Recipe] = {
+    "smollm2-qa": Recipe("qa", "extractive QA over long documents: answers with the exact span", max_new_tokens=16),
+    "smollm2-code": Recipe("code", "Python next-line completion over long files", max_new_tokens=40, questions=1,
+                           steps=60),  # one request per context: fewer steps, every kind alike
+    "smollm2-toolcall": Recipe("toolcall", "JSON tool calls extracted from long order logs", max_new_tokens=64),
+    # the second family: a QA variant of Gemma 3 270M (sliding-window layers), to profile against its base
+    "gemma3-qa": Recipe("qa", "extractive QA over long documents (Gemma 3 270M)", parent="gemma3-270m",
+                        max_new_tokens=16, steps=60, train_lengths=(512, 2048)),
+}
+
+# (sender, receiver) pairs that droidspeak ships profiles for. The last one has fine-tunes on both
+# sides, like the paper's toolace -> evolcode pair.
+PAIRS: list[tuple[str, str]] = [
+    (BASE_NAME, "smollm2-qa"),
+    (BASE_NAME, "smollm2-code"),
+    (BASE_NAME, "smollm2-toolcall"),
+    ("smollm2-toolcall", "smollm2-code"),
+    ("gemma3-270m", "gemma3-qa"),
+]
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise DroidspeakError(f"no training recipe for '{name}'; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def _shipped_meta(name: str) -> dict[str, Any] | None:
+    for v in shipped_variants(include_unavailable=True):
+        if v.name == name and v.path is not None:
+            return json.loads((v.path / "droidspeak.json").read_text())
+    return None
+
+
+def recipe_of(name: str) -> Recipe | None:
+    """The recipe a shipped variant was trained from (``smollm2-qa-alora`` -> ``smollm2-qa``'s)."""
+    if name in RECIPES:
+        return RECIPES[name]
+    meta = _shipped_meta(name)
+    return RECIPES.get(meta.get("recipe_name", "")) if meta else None
+
+
+def answer_length(name: str, default: int) -> int:
+    """New tokens a shipped variant's answers need (its recipe's), else ``default``."""
+    r = recipe_of(name)
+    return r.max_new_tokens if r else default
+
+
+def training_groups(r: Recipe, tokenizer: Any, steps: int) -> list[tuple[list[int], list[tuple[list[int], list[int]]]]]:
+    """Per step: a context's prefix tokens and its (request tokens, answer tokens) pairs."""
+    rows = tasks.generate(r.task, "train", steps, tokenizer, seed=r.seed, lengths=r.train_lengths,
+                          questions=r.questions)
+    by_context: dict[str, list[tasks.Example]] = {}
+    for row in rows:
+        by_context.setdefault(row.context, []).append(row)
+    groups = []
+    for context, rs in by_context.items():
+        prefix = list(layout(tokenizer, context, rs[0].prompt).prefix)
+        reqs = [(list(layout(tokenizer, context, x.prompt).suffix), answer_tokens(tokenizer, x.reference or ""))
+                for x in rs]
+        groups.append((prefix, reqs))
+    if not groups:
+        raise DroidspeakError(f"task '{r.task}' produced no training rows")
+    return [groups[i % len(groups)] for i in range(steps)]  # the code task can run out of files: cycle
+
+
+def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None = None, steps: int | None = None,
+          progress: bool = True) -> Path:
+    """Train ``name``'s recipe as an adapter of the given kind; returns the adapter folder."""
+    kind = adapter if isinstance(adapter, AdapterKind) else AdapterKind.parse(adapter)
+    r = recipe(name)
+    steps = steps or r.steps
+    variant = name + kind.name_suffix
+    out = Path(out_dir) if out_dir else adapters_dir() / variant
+    base = load_model(r.parent)
+    tok = base.tokenizer
+    groups = training_groups(r, tok, steps)
+    invocation = invocation_tokens(tok) if kind.kind == "alora" else None
+    model, losses, wall = train_adapter(base, groups, kind, r.rank(kind), 2 * r.rank(kind), r.lr, r.seed, r.warmup,
+                                        progress, invocation)
+    out.mkdir(parents=True, exist_ok=True)
+    save_half(model, out)
+    ctx_tokens = [len(p) for p, _ in groups]
+    cmd = f"droidspeak variants train {name} --adapter {kind}" + (f" --steps {steps}" if steps != r.steps else "")
+    meta = {
+        "name": variant, "parent": r.parent, "task": r.task, "recipe_name": name, "adapter": str(kind),
+        "description": r.description + {"lora": "", "alora": " (activated LoRA: shares its base's context cache "
+                                                          "exactly)", "top": f" (LoRA on layers {kind.first_layer}+: "
+                                                          f"exact with plan {kind.first_layer}:L)"}[kind.kind],
+        "recipe": asdict(r) | {"steps": steps, "rank": r.rank(kind)}, "base_identity": base.identity,
+        "family": base.family.digest, "invocation_tokens": invocation,
+        "train_context_tokens": {"min": min(ctx_tokens), "max": max(ctx_tokens),
+                                 "mean": round(sum(ctx_tokens) / len(ctx_tokens))},
+        "train_wall_s": round(wall, 1), "loss_curve": losses, "command": cmd, "torch": torch.__version__,
+    }
+    (out / "droidspeak.json").write_text(json.dumps(meta, indent=1))
+    # the README that PEFT writes names a hub model card; ours says where the adapter comes from
+    (out / "README.md").write_text(
+        f"# {variant}\n\n{meta['description']}. {kind} adapter, rank {r.rank(kind)}, on {r.parent}: {steps} steps "
+        f"on the '{r.task}' train split ({r.questions} requests per context, contexts of {r.train_lengths[0]}-"
+        f"{r.train_lengths[1]} tokens). Made by `{cmd}`; see droidspeak.json.\n"
+    )
+    return out
+
+
+@torch.inference_mode()
+def greedy_answer(model: Any, tok: Any, context: str, request: str, max_new_tokens: int) -> str:
+    """The model's greedy answer to a request over a context with its own full prefill (Hugging
+    Face ``generate``; PEFT's own for an activated adapter, which finds its invocation itself)."""
+    ids = torch.tensor([layout(tok, context, request).ids])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: int = 0,
+             lengths: tuple[int, int] = (1024, 4096)) -> dict[str, Any]:
+    """Score variants of one task and their base on the same held-out rows of the task."""
+    from tqdm import tqdm
+
+    names = [names] if isinstance(names, str) else list(names)
+    recipes = [recipe_of(x) for x in names]
+    if any(r is None for r in recipes):
+        raise DroidspeakError(f"not a shipped variant with a recipe: {names[recipes.index(None)]}")
+    if len({(r.task, r.parent) for r in recipes}) != 1:  # type: ignore[union-attr]
+        raise DroidspeakError("variants compared together must share a task and a base")
+    r = recipes[0]
+    assert r is not None
+    metric = tasks.METRIC_OF_TASK[r.task]
+    models = {"base": load_model(r.parent)} | {x: load_model(x) for x in names}
+    tok = models["base"].tokenizer
+    rows = tasks.generate(r.task, "heldout", n, tok, seed=seed, lengths=lengths)
+    per_row = []
+    for row in tqdm(rows, desc=f"eval {', '.join(names)}", disable=not progress, file=sys.stderr):
+        rec: dict[str, Any] = {"tokens": len(layout(tok, row.context, row.prompt).ids), "reference": row.reference}
+        for key, m in models.items():
+            a = greedy_answer(m.model, tok, row.context, row.prompt, r.max_new_tokens)
+            rec[key] = score(metric, a, row.reference or "")
+            rec[f"{key}_answer"] = a
+        per_row.append(rec)
+    mean = lambda k: round(sum(x[k] for x in per_row) / max(1, len(per_row)), 4)  # noqa: E731
+    return {
+        "task": r.task, "metric": metric, "rows": len(per_row), "base": r.parent, "variants": names,
+        "scores": {k: mean(k) for k in models},
+        "variant": names[0], "variant_score": mean(names[0]), "base_score": mean("base"),
+        "min_tokens": min(x["tokens"] for x in per_row), "max_tokens": max(x["tokens"] for x in per_row),
+        "command": "droidspeak variants eval " + " ".join(shlex.quote(x) for x in names) + f" --n {n}"
+                   + (f" --min-tokens {lengths[0]} --max-tokens {lengths[1]}" if lengths != (1024, 4096) else ""),
+        "per_row": per_row,
+    }
+
+
+def profile_path(sender: str, receiver: str) -> Path:
+    return REPO_DIR / "profiles" / f"{sender}__{receiver}.json"
