@@ -506,8 +506,9 @@ def refactor_section() -> list[str]:
     eo, en = r["eval"]["old"], r["eval"]["new"]
     same = all(eo[k] == en[k] for k in ("quality_full", "quality_plan", "quality_full_reuse", "agreement_plan",
                                          "first_token_kl_plan", "first_token_kl_full_reuse"))
-    out += [f"{r['what']} ({r['machine']['cpu']}, {r['date']}). Old code: commit {r['old_code']}. Commands: "
-            f"`{r['commands']['ttft']}`; `{r['commands']['eval']}`.", "",
+    out += [f"{r['what']} ({r['machine']['cpu']}, {r['date']}). Old code: commit {r['old_code']}, new: "
+            f"{r.get('new_code', 'this tree')}. Commands: `{r['commands']['ttft']}`; `{r['commands']['eval']}`"
+            + (f"; the runner: `{r['command']}`" if r.get("command") else "") + ".", "",
             f"Held-out evaluation of the profiled plan {eo['plan']} ({eo['rows']} rows): quality, agreement and "
             f"first-token KLs {'identical to the last digit' if same else 'DIFFER'} (plan KL {en['first_token_kl_plan']:.6g}, "
             f"full reuse KL {en['first_token_kl_full_reuse']:.6g}); TTFT speedup {eo['ttft_speedup']:.2f}x old, "
@@ -519,6 +520,10 @@ def refactor_section() -> list[str]:
             f = lambda x: f"{x:.2f}" if x else "-"  # noqa: E731
             out.append(f"| {eo_['context_tokens']} | {plan} | {po['ttft_s']:.3f}s | {pn['ttft_s']:.3f}s | "
                        f"{f(po['ratio_to_limit'])} | {f(pn['ratio_to_limit'])} |")
+    if r.get("suite"):
+        so, sn = r["suite"]["old"], r["suite"]["new"]
+        out += ["", f"Test suite (`pytest -m \"not slow\"`), one after the other on this machine: old {so['summary']}; "
+                f"new {sn['summary']}."]
     return out + [""]
 
 
