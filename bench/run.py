@@ -41,6 +41,7 @@ QUICK = {
              "--rates", "0.1", "--out", "bench/results/serve_load_base_qa.json"],
     "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "4", "--rates", "0.05",
               "--out", "bench/results/fleet_load.json"],
+    "seal": ["bench/seal_cost.py", "--repeats", "3"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }
 FULL = {
@@ -56,6 +57,7 @@ FULL = {
               "--out", "bench/results/fleet_load.json"],
     "guard": ["bench/guard_drift.py"],
     "formats": ["bench/formats.py"],
+    "seal": ["bench/seal_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--compile", "--out", "bench/results/gpu_smoke.json"],
 }
 

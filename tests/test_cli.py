@@ -42,3 +42,12 @@ def test_missing_context_file():
 def test_unknown_variant_recipe():
     r = _run("variants", "train", "nope")
     assert r.returncode == 2 and "no training recipe for 'nope'" in r.stderr
+
+
+def test_readme_settings_table_is_the_settings_table():
+    from droidspeak.paths import REPO_DIR
+    from droidspeak.serving.config import Settings
+
+    readme = (REPO_DIR / "README.md").read_text()
+    block = readme.split("<!-- settings:start -->")[1].split("<!-- settings:end -->")[0]
+    assert block.strip() == Settings.markdown()

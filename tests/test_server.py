@@ -174,12 +174,18 @@ def test_bad_requests_get_clear_4xx(server, client):
 
 
 def test_two_nodes_share_through_redis(tmp_path, redis_server):
-    """Node A hosts only the base, node B only a variant; they share nothing but a Redis server."""
+    """Node A hosts only the base, node B only a variant; they share nothing but a Redis server, which
+    asks for a password, and a store secret; neither ever shows either."""
+    import redis
     from conftest import ServerProc
 
-    store = ["--store", f"memory:256MB,{redis_server.url}", "--namespace", "two-nodes"]
-    a = ServerProc("--models", "smollm2-135m-instruct", *store, log_dir=tmp_path)
-    b = ServerProc("--models", PROFILED + ",smollm2-qa-alora", *store, log_dir=tmp_path)
+    password, secret = "redis-pw-" + "7" * 20, "store-secret-" + "9" * 20
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", password)
+    url = redis_server.url.replace("redis://", f"redis://:{password}@")
+    store = ["--store", f"memory:256MB,{url}", "--namespace", "two-nodes"]
+    env = {"DROIDSPEAK_STORE_SECRET": secret}
+    a = ServerProc("--models", "smollm2-135m-instruct", *store, log_dir=tmp_path, env=env)
+    b = ServerProc("--models", PROFILED + ",smollm2-qa-alora", *store, log_dir=tmp_path, env=env)
     try:
         a.wait(), b.wait()
         msgs = [{"role": "user", "content": CONTEXT}, {"role": "user", "content": Q_BASE}]
@@ -199,6 +205,18 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
         body = r.json()
         assert body["droidspeak"]["kind"] == "exact-cross-model" and body["droidspeak"]["recomputed_layers"] == []
         assert body["usage"]["prompt_tokens_details"]["cached_tokens"] > 800
+        stored = redis.Redis.from_url(url).keys("ds1:two-nodes:*:kv:*")
+        assert stored and all(redis.Redis.from_url(url).get(k)[:4] == b"DSM1" for k in stored[:5])  # sealed
+        redis_server.stop()  # the store goes away: requests still answer, and the logged errors name no password
+        msgs[1]["content"] = Q_BASE + " Answer briefly."
+        r = httpx.post(b.url + "/v1/chat/completions", timeout=300,
+                       json={"model": "smollm2-qa-alora", "messages": msgs, "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200
+        metrics = httpx.get(a.url + "/metrics").text + httpx.get(b.url + "/metrics").text
+        logs = a.logs() + b.logs()
+        assert ":***@127.0.0.1" in logs  # the failing store was named in the log, its password masked
+        for text in (metrics, logs):
+            assert password not in text and secret not in text
     finally:
         a.stop()
         b.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -35,13 +36,23 @@ def read_context(path: str) -> str:
     return p.read_text(encoding="utf-8", errors="replace")
 
 
-def open_store(spec: str, namespace: str, fmt: str = "native"):
-    from ..store import CacheStore, open_backend
+def open_store(args: argparse.Namespace, spec: str | None = None, namespace: str | None = None):
+    """The store a node command names (``--store``, ``--namespace``, ``--format``, ``--encrypt``,
+    ``--insecure-store``), sealed under ``DROIDSPEAK_STORE_SECRET`` (never a flag: argv is public)."""
+    from ..store import open_store as open_
 
-    try:
-        return CacheStore(open_backend(spec, namespace), namespace=namespace, fmt=fmt)
-    except ValueError as e:
-        raise DroidspeakError(str(e)) from None
+    return open_(spec or args.store, namespace or args.namespace, getattr(args, "format", "native"),
+                 os.environ.get("DROIDSPEAK_STORE_SECRET", ""), getattr(args, "encrypt", False),
+                 getattr(args, "insecure_store", False))
+
+
+def add_store_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--namespace", default=os.environ.get("DROIDSPEAK_NAMESPACE", "default"),
+                    help="deployment namespace inside the store (default: default)")
+    sp.add_argument("--encrypt", action="store_true", default=os.environ.get("DROIDSPEAK_STORE_ENCRYPT", "") == "1",
+                    help="encrypt values in disk and Redis tiers (needs DROIDSPEAK_STORE_SECRET)")
+    sp.add_argument("--insecure-store", action="store_true",
+                    help="accept a Redis tier on another machine without DROIDSPEAK_STORE_SECRET")
 
 
 def add_rows_args(sp: argparse.ArgumentParser, n: int, lengths: tuple[int, int], split: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import DroidspeakError
-from .common import add_rows_args, command_line, emit, load_rows, read_context
+from .common import add_rows_args, command_line, emit, load_rows, open_store, read_context
 
 
 def cmd_reuse(args: argparse.Namespace) -> int:
@@ -83,20 +83,25 @@ def _traffic_prompts(args: argparse.Namespace, sender, receiver):
     from ..paths import home
     from ..serving.traffic import TrafficLog
     from ..store import open_backend
+    from ..store.backends import redact_spec
 
     if args.quality == "gold":
         raise DroidspeakError("traffic has no references: profile it label-free")
-    args.store = args.store or f"disk:{home() / 'traffic'}"
     try:
-        log = TrafficLog(open_backend(args.store, args.from_traffic), args.from_traffic)
+        if args.store:  # the server's own tiers, sealed under DROIDSPEAK_STORE_SECRET as the server's are
+            backend = open_store(args, args.store, args.from_traffic).backend
+        else:  # where a server without a disk tier keeps them (a local folder, never sealed)
+            args.store = f"disk:{home() / 'traffic'}"
+            backend = open_backend(args.store, args.from_traffic)
+        log = TrafficLog(backend, args.from_traffic)
     except ValueError as e:
         raise DroidspeakError(str(e)) from None
     prompts = log.rows(sender.capture_weights.identity, receiver.identity)
     prompts = prompts[-args.n:] if args.n else prompts
     if not prompts:
         raise DroidspeakError(f"no checked traffic for {sender.name} -> {receiver.name} in namespace "
-                              f"'{args.from_traffic}' of {args.store}")
-    return prompts, {"traffic": args.from_traffic, "store": args.store, "rows": len(prompts)}
+                              f"'{args.from_traffic}' of {redact_spec(args.store)}")
+    return prompts, {"traffic": args.from_traffic, "store": redact_spec(args.store), "rows": len(prompts)}
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import DroidspeakError
-from .common import emit, open_store, read_context, table
+from .common import add_store_args, emit, open_store, read_context, table
 
 
 def cmd_prefill(args: argparse.Namespace) -> int:
@@ -17,9 +17,10 @@ def cmd_prefill(args: argparse.Namespace) -> int:
     from ..core.prompt import layout
     from ..models import load_model
     from ..sharing import capture_peers, needed_e_layers
+    from ..store.backends import redact_spec
 
+    store = open_store(args)  # a store this node may not use is refused before any model loads
     model = load_model(args.model)
-    store = open_store(args.store, args.namespace, args.format)
     prefix = layout(model.tokenizer, read_context(args.context)).prefix
     e_layers = needed_e_layers(model, capture_peers(model))
     cap = capture(model, list(prefix), e_layers=e_layers)
@@ -28,9 +29,9 @@ def cmd_prefill(args: argparse.Namespace) -> int:
         raise DroidspeakError("nothing was stored (context shorter than one block, or the store refused the write)")
     data = {"model": model.name, "identity": model.identity, "stored_as": cap.sender_identity,
             "context_tokens": len(prefix), "stored_tokens": n,
-            "e_layers": e_layers, "bytes": cap.nbytes(), "store": args.store, "namespace": args.namespace}
+            "e_layers": e_layers, "bytes": cap.nbytes(), "store": redact_spec(args.store), "namespace": args.namespace}
     emit(args, data, f"{model.name} stored {n} of {len(prefix)} context tokens (K/V of {model.num_layers} layers, "
-                     f"E at {e_layers or 'no layers'}) in {args.store}")
+                     f"E at {e_layers or 'no layers'}) in {redact_spec(args.store)}")
     return 0
 
 
@@ -41,8 +42,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..sharing import ShareOptions, serve_prefill
 
+    store = open_store(args)
     model = load_model(args.model)
-    store = open_store(args.store, args.namespace, args.format)
     prompt = layout(model.tokenizer, read_context(args.context), args.prompt)
     opts = ShareOptions(policy=args.policy, store_on_miss=not args.no_store, room=args.max_new_tokens)
     res = serve_prefill(model, store, prompt, opts)
@@ -70,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(table([[n, e, str(d), h] for n, e, d, h in Settings.table()], ["setting", "environment", "default", "meaning"]))
         return 0
     s = Settings.load(args.config, {"host": args.host, "port": args.port, "models": args.models, "store": args.store,
-                                    "namespace": args.namespace, "api_key": args.api_key})
+                                    "namespace": args.namespace, "api_key": args.api_key,
+                                    "insecure_store": True if args.insecure_store else None})
     app = build_app(s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=30)
@@ -79,12 +81,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_store_server(args: argparse.Namespace) -> int:
     """Run a Redis-protocol server for the shared tier (the system's redis-server, else the bundled valkey-server)."""
-    from ..store.server import run_foreground, server_command
+    from ..store.server import StoreServer
 
-    cmd = server_command(args.port, args.bind, args.dir, args.persist)
-    print(f"starting {cmd[0]} on {args.bind}:{args.port} (Ctrl-C stops it); nodes use --store redis://{args.bind}:"
-          f"{args.port}", file=sys.stderr, flush=True)
-    return run_foreground(args.port, args.bind, args.dir, args.persist)
+    server = StoreServer(args.port, args.bind, args.dir, args.persist, password=args.password or None)
+    print(server.announce(), file=sys.stderr, flush=True)
+    return server.run_foreground()
 
 
 def register(add) -> None:
@@ -97,8 +98,7 @@ def register(add) -> None:
         sp.add_argument("--context", required=True, help="file holding the shared context")
         sp.add_argument("--store", default="memory", help="memory[:SIZE] | disk:PATH[::SIZE] | redis://HOST:PORT[/DB]"
                                                           " (tiers joined by ',')")
-        sp.add_argument("--namespace", default=os.environ.get("DROIDSPEAK_NAMESPACE", "default"),
-                        help="deployment namespace inside the store (default: default)")
+        add_store_args(sp)
         sp.add_argument("--format", default="native", choices=["native", "fp16", "bf16", "int8"],
                         help="transfer format of stored tensors")
         if name == "answer":
@@ -118,12 +118,18 @@ def register(add) -> None:
     sp.add_argument("--store", help="store tiers, e.g. memory:2GB or memory:1GB,redis://host:6379 (nodes with the "
                                     "same Redis share caches)")
     sp.add_argument("--namespace", help="deployment namespace inside the store")
+    sp.add_argument("--insecure-store", action="store_true",
+                    help="accept a Redis tier on another machine without a store secret (DROIDSPEAK_STORE_SECRET)")
     sp.add_argument("--api-key", help="require this bearer key (or DROIDSPEAK_API_KEY)")
     sp.add_argument("--print-settings", action="store_true", help="print the settings table and exit")
 
     sp = add("store-server", "run a Redis-protocol server for the shared store tier (no root needed)",
              cmd_store_server, json_flag=False)
     sp.add_argument("--port", type=int, default=6379)
-    sp.add_argument("--bind", default="127.0.0.1", help="address to listen on (another address: a private network)")
+    sp.add_argument("--bind", default="127.0.0.1", help="address to listen on (any other than loopback requires a "
+                                                        "password: --password, or one is generated)")
+    sp.add_argument("--password", default=os.environ.get("DROIDSPEAK_STORE_PASSWORD", ""),
+                    help="the password clients give (redis://:PASSWORD@host:port); default: DROIDSPEAK_STORE_PASSWORD, "
+                         "else none on loopback and a generated one (printed once, kept in a 0600 file) elsewhere")
     sp.add_argument("--dir", help="working directory for the server's files")
     sp.add_argument("--persist", action="store_true", help="keep snapshots on disk (default: memory only)")

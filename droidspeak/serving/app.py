@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ..errors import DroidspeakError
-from ..store import CacheStore, open_backend
-from ..store.keys import check_namespace
+from ..store import open_store
 from .api import create_app
 from .config import Settings
 from .engine import Engine
@@ -15,10 +13,7 @@ from .host import ModelHost
 
 def build_app(s: Settings) -> FastAPI:
     """The node ``droidspeak serve`` runs (a one-line :class:`DroidspeakError` on a bad store or model)."""
-    try:
-        check_namespace(s.namespace)
-        store = CacheStore(open_backend(s.store, s.namespace), namespace=s.namespace) if s.store else None
-    except ValueError as e:
-        raise DroidspeakError(str(e)) from None
+    store = open_store(s.store, s.namespace, secret=s.store_secret, encrypt=s.store_encrypt,
+                       insecure=s.insecure_store) if s.store else None
     names = [n.strip() for n in s.models.split(",") if n.strip()] or None
     return create_app(Engine(ModelHost(names), store, s))

@@ -19,8 +19,9 @@ from ..sharing.options import ShareOptions
 from .guard import GuardSettings
 
 
-def _f(default: Any, env: str, help_: str, choices: tuple[str, ...] | None = None):
-    return field(default=default, metadata={"env": env, "help": help_, "choices": choices})
+def _f(default: Any, env: str, help_: str, choices: tuple[str, ...] | None = None, secret: bool = False):
+    # a secret never appears in a repr, a log line or the printed table (which shows defaults only)
+    return field(default=default, repr=not secret, metadata={"env": env, "help": help_, "choices": choices})
 
 
 @dataclass
@@ -28,9 +29,17 @@ class Settings:
     host: str = _f("127.0.0.1", "DROIDSPEAK_HOST", "address to bind")
     port: int = _f(8000, "DROIDSPEAK_PORT", "port to bind")
     models: str = _f("", "DROIDSPEAK_MODELS", "comma-separated models to host (default: the base and every shipped variant)")
-    store: str = _f("memory:2GB", "DROIDSPEAK_STORE", "KV/E store tiers: memory[:SIZE], disk:PATH[::SIZE], redis://HOST:PORT")
+    store: str = _f("memory:2GB", "DROIDSPEAK_STORE", "KV/E store tiers: memory[:SIZE], disk:PATH[::SIZE], "
+                    "redis[s]://[USER:PASSWORD@]HOST:PORT", secret=True)
     namespace: str = _f("default", "DROIDSPEAK_NAMESPACE", "deployment namespace inside the store")
-    api_key: str = _f("", "DROIDSPEAK_API_KEY", "require 'Authorization: Bearer KEY' (empty: no key)")
+    store_secret: str = _f("", "DROIDSPEAK_STORE_SECRET", "deployment secret (16+ bytes, the same on every node of a "
+                           "namespace): disk and Redis tiers hold values authenticated under it and refuse any "
+                           "other (empty: unauthenticated, allowed only for tiers on this machine)", secret=True)
+    store_encrypt: bool = _f(False, "DROIDSPEAK_STORE_ENCRYPT", "also encrypt values in disk and Redis tiers "
+                             "(AES-256-GCM under a key derived from store_secret)")
+    insecure_store: bool = _f(False, "DROIDSPEAK_INSECURE_STORE", "accept a Redis tier on another machine without a "
+                              "store secret (anyone who can write to it can change this node's answers)")
+    api_key: str = _f("", "DROIDSPEAK_API_KEY", "require 'Authorization: Bearer KEY' (empty: no key)", secret=True)
     max_model_len: int = _f(8192, "DROIDSPEAK_MAX_MODEL_LEN", "prompt + completion tokens at most")
     max_tokens_limit: int = _f(2048, "DROIDSPEAK_MAX_TOKENS_LIMIT", "largest max_tokens a request may ask")
     max_request_bytes: int = _f(1 << 20, "DROIDSPEAK_MAX_REQUEST_BYTES", "largest request body")
@@ -107,6 +116,13 @@ class Settings:
         return GuardSettings(shadow_fraction=self.shadow_fraction, shadow_tokens=self.shadow_tokens,
                              window=self.guard_window, min_samples=self.guard_min_samples,
                              tolerance=self.guard_tolerance, seed=self.guard_seed)
+
+    @classmethod
+    def markdown(cls) -> str:
+        """The settings table as the README shows it (a test keeps the two the same)."""
+        rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
+        rows += [f"| `{n}` | `{e}` | `{d}` | {h} |" for n, e, d, h in cls.table()]
+        return "\n".join(rows)
 
     @classmethod
     def table(cls) -> list[tuple[str, str, Any, str]]:

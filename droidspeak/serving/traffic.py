@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..core.prompt import PromptTokens
 from ..paths import home
-from ..store.backends import Backend, DiskBackend, TieredBackend
+from ..store.backends import Backend, DiskBackend, SealedBackend, TieredBackend
 from ..store.keys import KeySpace
 
 if TYPE_CHECKING:
@@ -19,8 +19,8 @@ def traffic_backend(store_backend: Backend) -> Backend:
     """Where checked prompts are kept: the store's disk tier when it has one, else a disk folder
     under ``$DROIDSPEAK_HOME/traffic`` (never only in memory: a restart must not lose them)."""
     tiers = store_backend.tiers if isinstance(store_backend, TieredBackend) else [store_backend]
-    disk = next((t for t in tiers if isinstance(t, DiskBackend)), None)
-    return disk or DiskBackend(home() / "traffic", 256 << 20)
+    disk = next((t for t in tiers if isinstance(t.inner if isinstance(t, SealedBackend) else t, DiskBackend)), None)
+    return disk or DiskBackend(home() / "traffic", 256 << 20)  # the disk tier, sealed as it is; else a local folder
 
 
 class TrafficLog:

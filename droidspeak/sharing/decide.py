@@ -34,6 +34,7 @@ class Decision:
     plan: RecomputePlan
     reason: str
     profile: Profile | None = None
+    refused: tuple[str, ...] = ()  # stored values a sealed tier refused on the way (a miss that fell back)
 
 
 class PlanFloor:
@@ -61,7 +62,8 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
     L = receiver.num_layers
     ids = prompt.ids
     at = activation_point(ids, receiver.activation)
-    hits = store.lookup(receiver.family, ids[:-1], num_layers=L)  # at least one token is the receiver's own
+    refused: list[str] = []
+    hits = store.lookup(receiver.family, ids[:-1], num_layers=L, refused=refused)  # one token is the receiver's own
     own = {receiver.identity, receiver.context_identity}
     if not opts.share:
         hits = [h for h in hits if h.sender == receiver.identity]
@@ -98,6 +100,9 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
         if plan.is_full_recompute():
             return Decision(ShareKind.MISS, None, plan, "recomputing every layer is predicted fastest over this link")
         return Decision(ShareKind.PROFILED, h, plan, f"profile {prof.name}", prof)
+    if refused:
+        return Decision(ShareKind.MISS, None, RecomputePlan.all(L), "stored values refused: not authenticated under "
+                        "this node's store secret", refused=tuple(refused))
     return Decision(ShareKind.MISS, None, RecomputePlan.all(L), "no usable stored prefix")
 
 

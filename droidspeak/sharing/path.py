@@ -65,7 +65,8 @@ def prefill_hit(receiver: LoadedModel, store: CacheStore, d: Decision, prompt: P
 
 def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, opts: ShareOptions,
                  hosted: Iterable[WeightSummary] = (), profiles: ProfileIndex | None = None,
-                 reason: str = "no usable stored prefix") -> Generator[int, None, PrefillResult]:
+                 reason: str = "no usable stored prefix", refused: tuple[str, ...] = ()
+                 ) -> Generator[int, None, PrefillResult]:
     """The receiver's own prefill as one pass that both answers and is stored: the first tokens are
     captured in chunks (K/V, and the E its peers need: :mod:`.peers`), then the rest runs on top (the
     same model with nothing recomputed is exactly its own full prefill)."""
@@ -73,7 +74,7 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
     n = capture_length(receiver, ids, store.block if store is not None else 1)
     if n <= 0:  # nothing worth capturing: the model's own prefill in one step
         res = full_prefill(receiver, ids, opts.room)
-        res.info.reason = reason
+        res.info.reason, res.info.missing = reason, refused
         return res
     e_layers = needed_e_layers(receiver, capture_peers(receiver, hosted), profiles) if store is not None else []
     t0 = time.perf_counter()
@@ -82,7 +83,7 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
     at = activation_point(ids, receiver.activation)
     asm = assemble(receiver.surface, ids[:n], RecomputePlan.none(receiver.num_layers), CaptureSource(cap))
     cache, logits, suffix_s = finish_prefill(receiver, asm, ids, opts.room, at)
-    info = ReuseInfo(ShareKind.MISS, reason=reason)
+    info = ReuseInfo(ShareKind.MISS, reason=reason, missing=refused)
     if store is not None:
         info.stored_tokens = store.put(cap)
     return PrefillResult(cache, logits, list(range(receiver.num_layers)), info,
@@ -97,14 +98,14 @@ def prefill_steps(receiver: LoadedModel, store: CacheStore | None, prompt: Promp
     yields between prefill chunks and returns the :class:`PrefillResult` (the one path for the CLI
     and the server). ``hosted``: the other models served beside the receiver (a server's), whose
     plans a miss's capture serves besides the registered ones'."""
-    reason = "no store"
+    reason, refused = "no store", ()
     if store is not None:
         d = decide_safely(receiver, store, prompt, opts, profiles, guard)
         if d.hit is not None:
             return prefill_hit(receiver, store, d, prompt, opts)
-        reason = d.reason
+        reason, refused = d.reason, d.refused
     return (yield from prefill_miss(receiver, store if opts.store_on_miss else None, prompt, opts, hosted, profiles,
-                                    reason))
+                                    reason, refused))
 
 
 def serve_prefill(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens,

@@ -118,14 +118,19 @@ class CacheStore:
 
     # ------------------------------------------------------------------ lookup
     def lookup(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...],
-               senders: list[str] | None = None, num_layers: int | None = None) -> list[Hit]:
-        """The longest stored prefix of ``token_ids`` per sender (longest first)."""
+               senders: list[str] | None = None, num_layers: int | None = None,
+               refused: list[str] | None = None) -> list[Hit]:
+        """The longest stored prefix of ``token_ids`` per sender (longest first). Stored values a sealed
+        tier refused on the way (not authenticated under this node's secret) are named in ``refused``."""
         fam = family.digest
         chains = chain_hashes(token_ids, self.block)
         if not chains:
             return []
+        self.backend.take_refused()  # what this thread read before is not this lookup's
         hits = []
-        for snd in senders if senders is not None else self._senders(fam):
+        known = senders if senders is not None else self._senders(fam)
+        bad = self.backend.take_refused()
+        for snd in known:
             exists = self.backend.exists_many([self.keys.index(fam, snd, ch) for ch in chains])
             for i in range(len(chains) - 1, -1, -1):
                 if not exists[i]:
@@ -136,6 +141,16 @@ class CacheStore:
                     hits.append(Hit(snd, (i + 1) * self.block, man["chain"], man["tokens"], man["num_layers"],
                                     tuple(man["e_layers"]), self._producer(man, snd)))
                     break
+                got = self.backend.take_refused()
+                if got:  # this sender's values do not open here: no shorter prefix of it will either
+                    bad += got
+                    break
+        if bad:
+            self.stats.bump("refused", len(bad))
+            log.warning("%d stored value(s) for this prompt refused, not authenticated under this node's store "
+                        "secret (first: %s); computing instead", len(bad), bad[0])
+            if refused is not None:
+                refused.append(f"{len(bad)} stored value(s) not authenticated")
         self.stats.bump("lookups")
         self.stats.bump("lookup_hits" if hits else "lookup_misses")
         return sorted(hits, key=lambda h: -h.tokens)
@@ -174,8 +189,12 @@ class CacheStore:
         raw = self.backend.get(key)
         self.stats.fetch_s += time.perf_counter() - t0
         if raw is None:
-            self.stats.bump("missing")
-            log.warning("store entry missing: %s %d of %s; recomputing", kind.value, layer, hit.sender[:12])
+            refused = self.backend.take_refused()
+            why = "refused (not authenticated under this node's store secret)" if refused else "missing"
+            self.stats.bump("refused" if refused else "missing")
+            log.warning("store entry %s %d of %s %s; recomputing", kind.value, layer, hit.sender[:12], why)
+            if refused:
+                self.backend.delete(key)
             self.invalidate(hit, family)
             return None
         self.stats.fetched_bytes += len(raw)

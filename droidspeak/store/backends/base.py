@@ -20,6 +20,7 @@ class Backend:
         self.budget = budget_bytes
         self.errors = 0
         self.evictions = 0
+        self.refused = 0  # values that did not open under this node's store secret (a sealed tier)
 
     def get(self, key: str) -> bytes | None:
         raise NotImplementedError
@@ -38,6 +39,10 @@ class Backend:
 
     def nbytes(self) -> int:
         raise NotImplementedError
+
+    def take_refused(self) -> list[str]:
+        """Keys whose values this thread read and a sealed tier refused since the last call (then forgotten)."""
+        return []
 
     def stats(self) -> dict:
         return {"name": self.name, "bytes": self.nbytes(), "budget": self.budget, "errors": self.errors,

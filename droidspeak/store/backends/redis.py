@@ -1,11 +1,40 @@
-"""The shared tier: a real Redis (or Valkey) server through redis-py."""
+"""The shared tier: a real Redis (or Valkey) server through redis-py (``redis://`` or TLS ``rediss://``,
+with ``user:password@`` for an authenticated server; the password is never logged)."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from urllib.parse import urlparse
 
 from ..keys import KeySpace
 from .base import Backend, log
+
+
+def redact(url: str) -> str:
+    """A Redis URL as it may be logged or shown: its password replaced by ``***``."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    user = f"{u.username}:" if u.username else ":"
+    return u._replace(netloc=f"{user}***@{u.hostname}" + (f":{u.port}" if u.port else "")).geturl()
+
+
+def redact_spec(spec: str) -> str:
+    """A store spec (tiers joined by ``,``) as it may be shown: every Redis password replaced by ``***``."""
+    return ",".join(redact(p.strip()) if p.strip().startswith(("redis://", "rediss://")) else p
+                    for p in spec.split(","))
+
+
+def is_loopback(url: str) -> bool:
+    """The server is on this machine (a loopback address, ``localhost``, or a unix socket)."""
+    u = urlparse(url)
+    if u.scheme == "unix" or u.hostname in ("localhost", None):
+        return True
+    try:
+        return ipaddress.ip_address(u.hostname).is_loopback
+    except ValueError:
+        return False
 
 
 class RedisBackend(Backend):
@@ -19,7 +48,8 @@ class RedisBackend(Backend):
         import redis
 
         super().__init__(budget_bytes)
-        self.url = url
+        self.url = redact(url)  # what logs and errors show: never the password
+        self.loopback = is_loopback(url)
         self._redis = redis
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         keys = KeySpace(namespace)

@@ -66,6 +66,9 @@ class TieredBackend(Backend):
     def nbytes(self) -> int:
         return sum(t.nbytes() for t in self.tiers)
 
+    def take_refused(self) -> list[str]:
+        return [k for t in self.tiers for k in t.take_refused()]
+
     def stats(self) -> dict:
         return {"name": self.name, "tiers": [t.stats() for t in self.tiers]}
 
@@ -98,3 +101,6 @@ class ThrottledBackend(Backend):
 
     def nbytes(self) -> int:
         return self.inner.nbytes()
+
+    def take_refused(self) -> list[str]:
+        return self.inner.take_refused()
