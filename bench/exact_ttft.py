@@ -23,10 +23,10 @@ from common import provenance, write_result  # noqa: E402
 
 from droidspeak import capture, full_prefill, layout, partial_prefill  # noqa: E402
 from droidspeak.core.decode import greedy_text  # noqa: E402
-from droidspeak.kinds import ShareKind  # noqa: E402
-from droidspeak.quality import kl_divergence  # noqa: E402
-from droidspeak.models import load_model  # noqa: E402
 from droidspeak.harness.reuse import pair_exactness, warm_up  # noqa: E402
+from droidspeak.kinds import ShareKind  # noqa: E402
+from droidspeak.models import load_model  # noqa: E402
+from droidspeak.quality import kl_divergence  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 from droidspeak.training.variants import answer_length, recipe_of  # noqa: E402
 

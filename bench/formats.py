@@ -20,11 +20,11 @@ from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, layout  # noqa: E402
 from droidspeak.core.decode import greedy_text  # noqa: E402
-from droidspeak.quality import agreement, kl_divergence  # noqa: E402
 from droidspeak.models import BASE_NAME, load_model  # noqa: E402
+from droidspeak.quality import agreement, kl_divergence  # noqa: E402
 from droidspeak.sharing import ProfileIndex  # noqa: E402
-from droidspeak.store import FORMATS, CacheStore, MemoryBackend  # noqa: E402
 from droidspeak.sharing.from_store import prefill_from_store  # noqa: E402
+from droidspeak.store import FORMATS, CacheStore, MemoryBackend  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 
 

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from droidspeak import RecomputePlan, capture, full_prefill, partial_prefill  # noqa: E402
 from droidspeak.core.decode import greedy  # noqa: E402
-from droidspeak.models.family import fingerprint  # noqa: E402
 from droidspeak.kinds import ModelKind  # noqa: E402
 from droidspeak.models import LoadedModel, ModelSpec  # noqa: E402
 from droidspeak.models.exact import WeightSummary  # noqa: E402
+from droidspeak.models.family import fingerprint  # noqa: E402
 from droidspeak.testing.tiny import tiny_config  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, head_dim=128,

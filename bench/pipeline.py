@@ -18,18 +18,17 @@ import statistics
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout  # noqa: E402
-from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.harness.reuse import warm_up  # noqa: E402
+from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.sharing import Profile, ProfileIndex  # noqa: E402
-from droidspeak.store import CacheStore, MemoryBackend, ThrottledBackend  # noqa: E402
 from droidspeak.sharing.from_store import ORDERS, prefill_from_store  # noqa: E402
+from droidspeak.store import CacheStore, MemoryBackend, ThrottledBackend  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 
 

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import same_recipe, trained_with, variant_kinds  # noqa: E402
+
 from droidspeak.harness.study import critical_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +108,68 @@ def fleet_section() -> list[str]:
     return out + [""]
 
 
+def engine_section() -> list[str]:
+    r = _load("fleet_engine.json")
+    out = ["## The serving path against the direct path and the limit", ""]
+    if not r:
+        return out + ["(not measured yet: `python bench/fleet_engine.py`)", ""]
+    m = r["measured"]
+    med = statistics.median
+    out += [f"The real server (base + three activated variants, in-process tier) beside the CLI's direct path on the "
+            f"same prompts, one after the other, {r['context_tokens']}-token contexts, {r['rows']} rows; "
+            f"{r['machine']['cpu']}, {r['date']}. Command: `{r['command']}`.", "",
+            "| what | server | direct / limit | ratio |", "|---|---|---|---|",
+            f"| exact hit TTFT (activated variant over the base's context) | {med(m['hit_ttft_s']):.3f}s | "
+            f"{med(m['exact_direct_s']):.3f}s (CLI exact reuse) | {r['exact_hit_over_direct']:.2f}x |",
+            f"| miss TTFT (the base, a fresh context) | {med(m['miss_ttft_s']):.3f}s | "
+            f"{med(m['full_direct_s']):.3f}s (CLI full prefill) | {r['miss_over_full_prefill']:.2f}x |",
+            f"| one request decoding alone | {1000 / m['decode_alone_tokens_s']:.1f} ms/token | "
+            f"{r['weight_read_bound_s'] * 1000:.1f} ms (weights {r['weight_bytes'] / 1e6:.0f} MB at the measured "
+            f"{r['read_bandwidth_gb_s']:.0f} GB/s); a plain transformers step "
+            f"{m['plain_step_s']['smollm2-qa-alora'] * 1000:.1f} ms | "
+            f"{r['decode_alone_over_bound']:.2f}x the bound, {r['decode_alone_over_plain_step']:.2f}x the plain step |",
+            f"| four models of one base decoding at once | {m['decode_four_tokens_s']:.1f} tokens/s | "
+            f"{m['decode_alone_tokens_s']:.1f} tokens/s one alone | {r['decode_four_over_alone']:.2f}x |"]
+    return out + [""]
+
+
+def fleet8_section() -> list[str]:
+    r = _load("agent_fleet.json")
+    out = ["## An agentic fleet of eight over one document", ""]
+    if not r:
+        return out + ["(not measured yet: `python bench/agent_fleet.py`)", ""]
+    agents = ", ".join(f"{role} ({model})" for role, model in r["agents"])
+    out += [f"Each workflow: one {r['tokens']}-token document, then eight agents in turn, each reading the whole "
+            f"conversation so far: {agents}. Poisson arrivals; the real server on loopback, with sharing and with "
+            f"`DROIDSPEAK_SHARE=0` (each model reuses only what it stored itself). TTFT SLO {r['slo_s']}s. Command: "
+            f"`{r['command']}` ({r['date']}).", "",
+            "| workflows/s | mode | requests/s | TTFT p50 | TTFT p95 | SLO met | good requests/s | prompt tokens cached |",
+            "|---|---|---|---|---|---|---|---|"]
+    rates = [k for k in r["modes"]["sharing"] if k not in ("kv_bytes_one_workflow", "one_workflow")]
+    for rate in sorted(rates, key=float):
+        for mode in ("sharing", "no_sharing"):
+            x = r["modes"][mode][rate]
+            out.append(f"| {rate} | {mode.replace('_', ' ')} | {x['requests_per_s']:.3f} | {x['ttft_p50_s']:.2f}s | "
+                       f"{x['ttft_p95_s']:.2f}s | {x['slo_attainment']:.0%} | {x['goodput_rps']:.3f} | "
+                       f"{x['cached_fraction']:.0%} |")
+    kv = r["kv_bytes_per_context"]
+    out += ["", "Gains (sharing over not): " + "; ".join(
+        f"at {rate}/s requests/s {g['requests_per_s']:.2f}x, p95 TTFT {g['p95_ttft']:.2f}x, good requests/s "
+        + (f"{g['goodput']:.2f}x" if g["goodput"] else "unbounded (none met the SLO without sharing)")
+        for rate, g in r["gains"].items()) + f". KV held after one workflow: {kv['sharing'] / 2**20:.0f} MiB with "
+        f"sharing, {kv['no_sharing'] / 2**20:.0f} MiB without.",
+            "", "TTFT p50 per role with sharing (one workflow alone): " + ", ".join(
+                f"{role} {t:.2f}s" for role, t in r["modes"]["sharing"]["one_workflow"]["per_role_ttft_p50_s"].items())]
+    own, alone = r["modes"]["sharing"]["one_workflow"]["per_role_ttft_p50_s"], \
+        r["modes"]["no_sharing"]["one_workflow"]["per_role_ttft_p50_s"]
+    full = [role for role in own if own[role] >= 0.8 * alone[role] and alone[role] > 2 * min(alone.values())]
+    if full:
+        out[-1] += (f". {len(full)} of {len(own)} requests per workflow prefill the whole conversation in both modes "
+                    f"({', '.join(full)}), so "
+                    "the p95 TTFT is a full prefill's with or without sharing; sharing moves it only by the queueing it saves.")
+    return out + [""]
+
+
 def guard_section() -> list[str]:
     out = ["## The online quality guard under drifting traffic", ""]
     files = sorted(RES.glob("guard_drift*.json"))
@@ -122,7 +186,8 @@ def _guard_run(r: dict) -> list[str]:
     n = r["n"]
     widen = [t for t in tl if t["widened"]]
     first = widen[0]["i"] if widen else None
-    out += [f"Receiver {r['receiver']} (profiled) over contexts {r.get('sender', 'the base')} read first; {n} workflows of its own task "
+    out += [f"Receiver {r['receiver']} (profiled) over contexts {r.get('sender', 'the base')} read first; "
+            f"{n} workflows of its own task "
             f"({r['tasks'][0]}, calibration-like), then {n} of another task ({r['tasks'][1]}); every profiled hit "
             f"shadow-checked for the run (window {r['window']}, at least {r['min_samples']} checks). "
             f"Command: `{r['command']}` ({r['date']}).", "",
@@ -272,7 +337,8 @@ def profiles_section() -> list[str]:
         found = True
         if p.get("exact"):
             out.append(f"| {p['sender']} -> {p['receiver']} | - | - | **{p['chosen_plan']}** (proven exact) | "
-                       f"{p['chosen']['recomputed_layers']}/{p['exactness']['exact_layers']} | 0 by construction ({p['exactness']['kind']}) | "
+                       f"{p['chosen']['recomputed_layers']}/{p['exactness']['exact_layers']} | "
+                       f"0 by construction ({p['exactness']['kind']}) | "
                        f"- | - | - | - | `{p.get('command', '')}` |")
             continue
         ch, fr, ct = p["chosen"], p["full_reuse"], p["context_tokens"]
@@ -280,7 +346,8 @@ def profiles_section() -> list[str]:
         out.append(f"| {p['sender']} -> {p['receiver']} | {p['rows']} ({ct['min']}-{ct['max']}) | "
                    f"{fr['relative_drop']:.0%} | **{ch['plan']}** | {ch['recomputed_layers']}/{p['cost_model']['num_layers']} | "
                    f"{ch['relative_drop']:.1%} | {p['search']['evaluated']} / {p['search']['verified']} | "
-                   f"{p['search']['multi_group_on_frontier']} | {p['wall_s'] / 60:.1f} min | {plots} | `{p.get('command', '')}` |")
+                   f"{p['search']['multi_group_on_frontier']} | {p['wall_s'] / 60:.1f} min | {plots} | "
+                   f"`{p.get('command', '')}` |")
     if not found:
         out.append("| (no profile written yet) |")
     return out + [""]
@@ -325,7 +392,8 @@ def eval_section() -> list[str]:
     if not files:
         return out + ["(not measured yet)", ""]
     out += ["| sender -> receiver | plan | rows (tokens) | metric | full prefill | plan (drop) | full reuse (drop) | "
-            "agreement plan / full reuse | TTFT plan | TTFT full reuse | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "agreement plan / full reuse | TTFT plan | TTFT full reuse | command |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         r = json.loads(f.read_text())
         ct = r["context_tokens"]
@@ -368,7 +436,8 @@ def aware_section() -> list[str]:
             "| bandwidth (MB/s) | full prefill | cheapest plan | its TTFT | bandwidth-aware plan | predicted | its TTFT |",
             "|---|---|---|---|---|---|---|"]
     for e in r["results"]:
-        out.append(f"| {e['bandwidth_mb_s']:g} | {e['full_prefill_s']:.2f}s | {r['profile_plan']} | {e['smallest_plan_s']:.2f}s | "
+        out.append(f"| {e['bandwidth_mb_s']:g} | {e['full_prefill_s']:.2f}s | {r['profile_plan']} | "
+                   f"{e['smallest_plan_s']:.2f}s | "
                    f"{e['aware_plan']} | {e['aware_predicted_s']:.2f}s | **{e['aware_s']:.2f}s** |")
     return out + [""]
 
@@ -558,7 +627,8 @@ def main() -> int:
              "Every figure below was produced by the command shown beside it, on the machine named there; "
              "the raw JSON lies in `bench/results/`. This file is regenerated by `python bench/report.py`.", ""]
     variants = variants_section()
-    lines += (summary_section() + variants + exact_section() + fleet_section() + profiles_section() + eval_section()
+    lines += (summary_section() + variants + exact_section() + engine_section() + fleet8_section() + fleet_section()
+              + profiles_section() + eval_section()
               + guard_section() + gold_section() + scattered_section() + ttft_peers_section() + serve_section()
               + sensitivity_section() + ttft_section() + gpu_section() + pipeline_section() + aware_section()
               + formats_section() + seal_section() + refactor_section())

@@ -42,6 +42,7 @@ QUICK = {
     "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "4", "--rates", "0.05",
               "--out", "bench/results/fleet_load.json"],
     "seal": ["bench/seal_cost.py", "--repeats", "3"],
+    "engine": ["bench/fleet_engine.py", "--n", "2", "--decode-tokens", "32"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }
 FULL = {
@@ -58,6 +59,8 @@ FULL = {
     "guard": ["bench/guard_drift.py"],
     "formats": ["bench/formats.py"],
     "seal": ["bench/seal_cost.py"],
+    "engine": ["bench/fleet_engine.py"],
+    "fleet8": ["bench/agent_fleet.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--compile", "--out", "bench/results/gpu_smoke.json"],
 }
 
@@ -125,14 +128,16 @@ def summary(mode: str, command: str) -> dict:
             own, ref = trained_with(lora), trained_with(alora)
             if (own or ref) and not same_recipe(own, ref):
                 said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
-                unfair[v["task"]] = f"{lora} is from an earlier recipe ({said(own)}) than {alora} ({said(ref)}): not like for like"
+                unfair[v["task"]] = (f"{lora} is from an earlier recipe ({said(own)}) than {alora} ({said(ref)}): "
+                                     "not like for like")
     if unfair:
         out["exact_quality_vs_lora_caveats"] = unfair
     if ratios:
         out["exact_quality_vs_lora"] = sum(ratios.values()) / len(ratios)
         out["exact_quality_vs_lora_by_task"] = ratios
         out["exact_quality_definition"] = ("held-out quality of the activated variant over the standard LoRA's, same "
-                                           "rows, same training data and steps (mean over tasks; exact_quality_vs_lora_caveats names "
+                                           "rows, same training data and steps (mean over tasks; "
+                                           "exact_quality_vs_lora_caveats names "
                                            "any task whose standard LoRA came from another recipe)")
     fl = _load("fleet_load.json")
     if fl:
@@ -153,6 +158,30 @@ def summary(mode: str, command: str) -> dict:
         out["fleet_definition"] = (f"requests/s that met the TTFT SLO of {fl['slo_s']}s at {top} workflows/s "
                                    f"({' -> '.join(fl['models'])} per context), sharing over not sharing")
         out["fleet_command"] = fl["command"]
+    af = _load("agent_fleet.json")
+    if af:
+        top = max(af["gains"], key=float)
+        g = af["gains"][top]
+        out["fleet8_throughput_gain_at_slo"] = g["goodput"]
+        if g["goodput"] is None:
+            good = af["modes"]["sharing"][top]["goodput_rps"]
+            out["fleet8_throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing" if good
+                                                         else "no request met the SLO either way")
+        out["fleet8_requests_per_s_gain"] = g["requests_per_s"]
+        out["fleet8_p95_ttft_gain"] = g["p95_ttft"]
+        out["fleet8_kv_bytes_per_context"] = af["kv_bytes_per_context"]
+        out["fleet8_definition"] = (f"8 agents in turn over one {af['tokens']}-token document, each reading the whole "
+                                    f"conversation; at {top} workflows/s: requests/s within the TTFT SLO of "
+                                    f"{af['slo_s']}s, and p95 TTFT, sharing over DROIDSPEAK_SHARE=0; KV bytes in the "
+                                    "in-process tier after one workflow")
+        out["fleet8_command"] = af["command"]
+    fe = _load("fleet_engine.json")
+    if fe:
+        out.update({"server_exact_hit_over_direct": fe["exact_hit_over_direct"],
+                    "server_miss_over_full_prefill": fe["miss_over_full_prefill"],
+                    "decode_alone_over_weight_read_bound": fe["decode_alone_over_bound"],
+                    "decode_four_models_over_one": fe["decode_four_over_alone"],
+                    "engine_command": fe["command"]})
     return out
 
 

@@ -18,15 +18,14 @@ import statistics
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
-from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.harness.reuse import warm_up  # noqa: E402
+from droidspeak.models import BASE_NAME, load_model  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 
 PLANS = ["none", "12:15", "10:16", "15:24", "8:18", "5:20", "all"]

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, write_result  # noqa: E402
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill  # noqa: E402
-from droidspeak.models import BASE_NAME, BASES, load_model  # noqa: E402
 from droidspeak.harness.reuse import warm_up  # noqa: E402
+from droidspeak.models import BASE_NAME, BASES, load_model  # noqa: E402
 from droidspeak.tasks import generate  # noqa: E402
 from droidspeak.training.variants import profile_path  # noqa: E402
 

@@ -80,7 +80,7 @@ def test_cancel_and_queue_limit(tiny):
     eng.cancel(r)
     assert done.wait(60) and r.finish_reason == "abort"
     eng.stop()
-    assert not eng.thread.is_alive()
+    assert not eng.running
 
 
 def test_sampling_is_seeded(engine):
@@ -110,3 +110,58 @@ def test_a_request_moves_only_forward_and_the_scheduler_moves_it():
     with pytest.raises(RuntimeError):
         r.move_to(Status.DECODING)
     assert sched.take_all_running() == [r] and not sched.busy()
+
+
+def test_a_base_and_its_adapters_decode_in_one_batch_as_each_alone(tiny):
+    """The base, two activated adapters (one request invokes, one does not), a LoRA and a top-layer LoRA
+    on one shared module decode in one batch; every greedy answer equals PEFT's own generate of that
+    model (its adapter set the PEFT way), and the batch really mixed them."""
+    from droidspeak.serving.request import Status
+    from droidspeak.testing.tiny import tiny_fleet
+
+    base, fleet = tiny_fleet(tiny, {"al": "alora", "al2": "alora", "plain": "lora", "top": "top"})
+    peft = base.model
+    host = ModelHost.of([Hosted("base", base.kind, None, base, peft, None, "g")] +
+                        [Hosted(n, m.kind, "base", m, peft, n, "g") for n, m in fleet.items()])
+    eng = Engine(host, CacheStore(MemoryBackend(1 << 28)), Settings(max_batch=8))
+    g = torch.Generator().manual_seed(11)
+    ids = lambda n: torch.randint(8, 256, (n,), generator=g).tolist()  # noqa: E731
+    asks = [("base", ids(40)), ("al", ids(30) + [5, 6, 7] + ids(4)), ("al2", ids(35)), ("plain", ids(33)),
+            ("top", ids(38)), ("al", ids(20) + [5, 6, 7] + ids(9))]
+    reqs = [Request(m, PromptTokens(tuple(p), ()), 10, temperature=0.0) for m, p in asks]
+    for r in reqs:
+        eng.submit(r)
+    widest = 0
+    while any(r.status != Status.FINISHED for r in reqs):
+        eng.step()
+        widest = max([widest] + [len(gr.reqs) for gr in eng.scheduler.decode_groups()])
+    assert widest >= 4  # several models in one decode step
+    for r, (model, prompt) in zip(reqs, asks):
+        if model == "base":
+            with peft.disable_adapter():
+                want = peft.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                                     eos_token_id=None, pad_token_id=0)
+        else:
+            peft.set_adapter(model)
+            want = peft.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+        assert r.out == want[0, len(prompt):].tolist(), model
+
+
+def test_layer_runs_on_a_shared_module_apply_their_own_adapter(tiny):
+    """Recomputing layers for a plan (the assembler's layer runs, not a whole forward) on a module shared
+    by several adapters applies the receiver's own adapter: every layer recomputed equals PEFT's own
+    forward of that adapter."""
+    from droidspeak import RecomputePlan, capture, partial_prefill
+    from droidspeak.testing.tiny import tiny_fleet
+
+    base, fleet = tiny_fleet(tiny, {"al": "alora", "plain": "lora", "top": "top"})
+    g = torch.Generator().manual_seed(5)
+    ctx, req = torch.randint(8, 256, (48,), generator=g).tolist(), [11, 12, 13]
+    cap = capture(base, ctx)
+    for name in ("plain", "top"):
+        got = partial_prefill(fleet[name], cap, RecomputePlan.all(6), req, assemble_all=True).logits
+        base.model.set_adapter(name)
+        with torch.inference_mode():
+            want = base.model(input_ids=torch.tensor([ctx + req])).logits[0, -1]
+        assert torch.max(torch.abs(got - want)) <= 1e-4, name

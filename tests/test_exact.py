@@ -219,3 +219,27 @@ def test_a_stored_prefix_past_the_activation_point_is_cut_back_to_it(tiny, fleet
     res = serve_prefill(a, store, prompt, ShareOptions(store_on_miss=False))
     assert res.info.kind == ShareKind.EXACT and res.info.reused_tokens == 64
     assert torch.max(torch.abs(res.logits - full_prefill(a, prompt.ids).logits)) <= ATOL
+
+
+def test_an_exact_hit_extends_the_stored_prefix(tiny, fleet):
+    """A conversation's next turn: an activated adapter reuses the base's context and, computing its own
+    turn before its invocation with the base's very weights, stores that turn for whoever comes next
+    (another activated adapter, a frozen-bottom peer with its E), each answering as its own prefill."""
+    from droidspeak.sharing import ShareOptions
+    from droidspeak.store import open_store
+
+    store = open_store("memory")
+    peers = [m.weights for m in fleet.values()]
+    ctx, turn = _ids(48, 21), _ids(40, 22)
+    serve_prefill(tiny, store, PromptTokens(tuple(ctx), (11, 12)), hosted=peers)
+    first = PromptTokens(tuple(ctx), tuple(turn) + INVOKE + (20, 21))
+    r1 = serve_prefill(fleet["alora"], store, first, ShareOptions(store_on_miss=False), hosted=peers)
+    assert r1.info.kind == ShareKind.EXACT and r1.info.reused_tokens == 48
+    nxt = PromptTokens(tuple(ctx + turn) + INVOKE + (20, 21) + tuple(_ids(10, 23)), INVOKE + (30, 31))
+    r2 = serve_prefill(fleet["alora2"], store, nxt, ShareOptions(store_on_miss=False), hosted=peers)
+    assert r2.info.kind == ShareKind.EXACT and r2.info.reused_tokens == 80  # the context and the first turn
+    assert torch.max(torch.abs(r2.logits - full_prefill(fleet["alora2"], nxt.ids).logits)) <= ATOL
+    top = PromptTokens(tuple(ctx + turn), (40, 41))
+    r3 = serve_prefill(fleet["top"], store, top, ShareOptions(store_on_miss=False), hosted=peers)
+    assert r3.info.kind == ShareKind.EXACT and r3.info.reused_tokens == 80 and r3.info.plan == "3:6"
+    assert torch.max(torch.abs(r3.logits - full_prefill(fleet["top"], top.ids).logits)) <= ATOL

@@ -35,7 +35,8 @@ def _body(rng: random.Random) -> dict:
     i = rng.randrange(12)  # 12 shared contexts, two models, varied questions
     ctx = f"Log {i}.\n" + "\n".join(f"Line {j}: sensor {i}-{j} read {(i * 31 + j * 7) % 97} units." for j in range(25))
     return {"model": rng.choice(["smollm2-135m-instruct", "smollm2-qa"]), "temperature": 0, "max_tokens": 8,
-            "messages": [{"role": "user", "content": ctx}, {"role": "user", "content": f"What did sensor {i}-{rng.randrange(25)} read?"}]}
+            "messages": [{"role": "user", "content": ctx},
+                         {"role": "user", "content": f"What did sensor {i}-{rng.randrange(25)} read?"}]}
 
 
 async def _closed_loop(url: str, seconds: float, workers: int) -> int:

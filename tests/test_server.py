@@ -192,6 +192,9 @@ def test_two_nodes_share_through_redis(tmp_path, redis_server):
         r = httpx.post(a.url + "/v1/chat/completions", timeout=300,
                        json={"model": "smollm2-135m-instruct", "messages": msgs, "max_tokens": 4, "temperature": 0})
         assert r.status_code == 200 and r.json()["droidspeak"]["kind"] == "miss"
+        deadline = time.time() + 60  # node A writes behind its answer: wait until its context is in Redis
+        while not redis.Redis.from_url(url).keys("ds1:two-nodes:*:manifest") and time.time() < deadline:
+            time.sleep(0.2)
         msgs[1]["content"] = Q_VARIANT
         r = httpx.post(b.url + "/v1/chat/completions", timeout=300,
                        json={"model": PROFILED, "messages": msgs, "max_tokens": 4, "temperature": 0})

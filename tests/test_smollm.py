@@ -359,3 +359,42 @@ def test_unknown_architecture_is_refused_in_one_line(tmp_path, smol_base):
         r = _cli("reuse", *args, "--context", str(ctx), "--prompt", "x", "--plan", "all")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
         assert "GPT2LMHeadModel is not supported" in r.stderr
+
+
+def test_a_base_and_four_variants_decode_together_as_each_alone():
+    """The server's engine on SmolLM2: the base, two activated adapters, a LoRA and a top-layer LoRA
+    on one shared copy of the base decode in one batch over one shared context (exact hits, same-model
+    hits, a profiled or full prefill); every greedy answer equals that model's own generate (PEFT,
+    adapters unmerged, a model of its own)."""
+    from droidspeak.serving.config import Settings
+    from droidspeak.serving.engine import Engine
+    from droidspeak.serving.host import ModelHost
+    from droidspeak.serving.request import Request, Status
+    from droidspeak.store import open_store
+    from droidspeak.tasks import generate
+
+    names = ["smollm2-135m-instruct", "smollm2-qa-alora", "smollm2-toolcall-alora", "smollm2-code",
+             "smollm2-code-top20"]
+    host = ModelHost(names)
+    eng = Engine(host, open_store("memory:1GB"), Settings(max_batch=8))
+    tok = host.get(names[0]).loaded.tokenizer
+    row = generate("qa", "heldout", 1, tok, seed=9, lengths=(700, 700))[0]
+    reqs = [Request(n, layout(tok, row.context, f"{row.prompt} ({n})"), 8, ignore_eos=True) for n in names]
+    eng.submit(reqs[0])
+    while reqs[0].status == Status.WAITING or reqs[0].status == Status.PREFILLING:
+        eng.step()  # the base prefills (and stores) the context first; the others then reuse it
+    for r in reqs[1:]:
+        eng.submit(r)
+    widest = 0
+    while any(r.status != Status.FINISHED for r in reqs):
+        eng.step()
+        widest = max([widest] + [len(g.reqs) for g in eng.scheduler.decode_groups()])
+    assert widest >= 4
+    assert {r.reuse.kind.value for r in reqs[1:]} >= {"exact-cross-model"}
+    for r in reqs:
+        own = load_model(r.model, merge=False)
+        ids = torch.tensor([r.prompt.ids])
+        with torch.inference_mode():  # PEFT's own generate (it finds an activated adapter's invocation itself)
+            want = own.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                      do_sample=False, eos_token_id=None, pad_token_id=tok.eos_token_id)
+        assert r.out == want[0, ids.shape[1]:].tolist(), r.model

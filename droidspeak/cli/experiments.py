@@ -90,6 +90,8 @@ def _traffic_prompts(args: argparse.Namespace, sender, receiver):
     try:
         if args.store:  # the server's own tiers, sealed under DROIDSPEAK_STORE_SECRET as the server's are
             backend = open_store(args, args.store, args.from_traffic).backend
+            if backend is None:
+                raise DroidspeakError("--store names no disk or Redis tier, where a server keeps checked traffic")
         else:  # where a server without a disk tier keeps them (a local folder, never sealed)
             args.store = f"disk:{home() / 'traffic'}"
             backend = open_backend(args.store, args.from_traffic)

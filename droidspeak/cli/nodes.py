@@ -62,8 +62,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the OpenAI-compatible server until SIGINT/SIGTERM (running requests finish first)."""
     import logging
 
-    import uvicorn
-
     from ..serving.app import build_app
     from ..serving.config import Settings
 
@@ -75,8 +73,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                     "insecure_store": True if args.insecure_store else None})
     app = build_app(s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=30)
-    return 0
+    return serve_on_main_thread(app, s.host, s.port)
+
+
+def serve_on_main_thread(app, host: str, port: int) -> int:
+    """The engine loop on this (the main) thread, the HTTP server on another; SIGTERM or Ctrl-C stops
+    taking requests, lets running ones finish, then both stop."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    engine = app.state.engine
+    engine.external = True
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30))
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            engine.stop(timeout=0)  # the HTTP side is gone (or never came up): the loop ends once idle
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.handle_exit)
+    t = threading.Thread(target=http, name="droidspeak-http", daemon=True)
+    t.start()
+    engine.run()
+    t.join(60)
+    return 0 if server.started else 1
 
 
 def cmd_store_server(args: argparse.Namespace) -> int:

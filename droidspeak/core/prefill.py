@@ -31,11 +31,13 @@ DEFAULT_ROOM = 256  # tokens a prefill's cache keeps free for decoding unless to
 
 @torch.inference_mode()
 def finish_prefill(receiver: LoadedModel, assembly: Assembly, prompt_ids: list[int], room: int = DEFAULT_ROOM,
-                   activation_at: int | None = None, cache: object | None = None) -> tuple[object, torch.Tensor, float]:
+                   activation_at: int | None = None, cache: object | None = None,
+                   record_e: dict[int, list[torch.Tensor]] | None = None) -> tuple[object, torch.Tensor, float]:
     """Write an assembled context into a cache preallocated for the prompt and ``room`` more tokens
     (or into ``cache``, a preallocated one reused: reset, then written in place, so its buffers keep
-    their addresses for CUDA graphs), then run the rest of the prompt on it. Returns the cache, the
-    last prompt token's logits ``[vocab]`` and the seconds the rest took."""
+    their addresses for CUDA graphs), then run the rest of the prompt on it (``record_e``: the E
+    entering these layers is appended, for the rest's tokens). Returns the cache, the last prompt
+    token's logits ``[vocab]`` and the seconds the rest took."""
     surface = receiver.surface
     n = assembly.tokens
     rest = list(prompt_ids[n:])
@@ -50,7 +52,8 @@ def finish_prefill(receiver: LoadedModel, assembly: Assembly, prompt_ids: list[i
         k, v = assembly.kv[layer]
         surface.write_kv(cache, layer, k[:, :, :keep], v[:, :, :keep])
     t = time.perf_counter()
-    logits = surface.forward_tokens(torch.tensor([rest]), cache, activation_at)
+    with surface.recording_inputs(record_e or {}, record_e if record_e is not None else {}):
+        logits = surface.forward_tokens(torch.tensor([rest]), cache, activation_at)
     return cache, logits, time.perf_counter() - t
 
 

@@ -21,7 +21,7 @@ from ..core.prompt import layout
 from ..models import BASE_NAME, load_model, shipped_variants
 from ..quality import agreement, kl_divergence, score
 from ..sharing import ShareOptions, serve_prefill
-from ..store import CacheStore, MemoryBackend
+from ..store import BlockTier, CacheStore
 from ..training.variants import answer_length
 from .reuse import warm_up
 
@@ -35,11 +35,11 @@ WAYS = """Three ways two models share a context here:
                   critical, quality measured offline within a budget"""
 
 
-def build_document(tokenizer, tokens: int) -> tuple[str, dict[str, tasks.Example]]:
+def build_document(tokenizer, tokens: int, seed: int = 77) -> tuple[str, dict[str, tasks.Example]]:
     """One long document with a registry, an order log and (last) a Python file; a request per task."""
-    qa = tasks.generate("qa", "heldout", 1, tokenizer, seed=77, lengths=(int(tokens * .3),) * 2)[0]
-    tc = tasks.generate("toolcall", "heldout", 1, tokenizer, seed=77, lengths=(int(tokens * .3),) * 2)[0]
-    code = tasks.generate("code", "heldout", 1, tokenizer, seed=77, lengths=(int(tokens * .35),) * 2)[0]
+    qa = tasks.generate("qa", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
+    tc = tasks.generate("toolcall", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
+    code = tasks.generate("code", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .35),) * 2)[0]
     doc = ("Project binder\n\nPart 1. Staff registry\n" + qa.context + "\n\nPart 2. Order log\n" + tc.context
            + "\n\nPart 3. Source file under review\n" + code.context)
     return doc, {"qa": qa, "toolcall": tc, "code": code}
@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(WAYS)
 
     # 1. the base reads the document once and answers its own request; its caches go to the store
-    store = CacheStore(MemoryBackend(2 << 30))
+    store = CacheStore(blocks=BlockTier(2 << 30))
     prompt = layout(base.tokenizer, doc, BASE_REQUEST)
     max_base = args.max_new_tokens or 48
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
     t_read = time.perf_counter() - t0
     base_answer = greedy_text(base, own, max_base)
     print(f"\nbase {BASE_NAME} read a {len(prompt.prefix)}-token document in {t_read:.2f}s and stored "
-          f"{own.info.stored_tokens} tokens of it ({store.backend.nbytes() / 2**20:.1f} MiB in the in-process store)")
+          f"{own.info.stored_tokens} tokens of it ({store.blocks.nbytes() / 2**20:.1f} MiB in the in-process tier)")
     print(f"base answers '{BASE_REQUEST}'\n  -> {base_answer.strip()!r}\n")
 
     # 2. every variant answers its own request: through the store (the server's path), and alone

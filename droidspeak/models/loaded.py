@@ -17,6 +17,30 @@ from .family import FamilyFingerprint
 from .registry import ModelSpec
 
 
+def relayout(model: Any) -> None:
+    """Keep every projection's weight as its transpose, ``[in, out]`` contiguous, seen as ``[out, in]``:
+    the same values (and digests), but a decode step's matrix-vector products read it in the order
+    MKL streams fastest (a tied embedding shares the new storage, as it shared the old).
+
+    NOTE: measured here on SmolLM2, a decode step 43.5 -> 36.7 ms and a 2K-token prefill a little
+    faster; logits move by rounding only (~4e-5). A server's models get this layout (every node's
+    alike: models that share a cache run the same kernels on the same weights); the CLI's keep the
+    layout they load with (transformers cannot save a tied weight stored this way)."""
+    import torch
+
+    fresh: dict[int, Any] = {}
+    modules = list(model.modules())
+    for m in modules:
+        if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2 and m.weight.stride(1) == 1:
+            w = m.weight
+            if w.data_ptr() not in fresh:
+                fresh[w.data_ptr()] = torch.nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
+            m.weight = fresh[w.data_ptr()]
+    for m in modules:  # an embedding tied to a projection keeps sharing its storage
+        if isinstance(m, torch.nn.Embedding) and m.weight.data_ptr() in fresh:
+            m.weight = fresh[m.weight.data_ptr()]
+
+
 def summarize(model: Any, family: FamilyFingerprint) -> WeightSummary:
     """The weight summary of a plain (non-adapter) model from its state dict."""
     state = model.state_dict()
@@ -39,6 +63,7 @@ class LoadedModel:
     family: FamilyFingerprint
     weights: WeightSummary  # per-layer digests: what exactness is judged on
     base: WeightSummary | None = None  # an adapter's base's weights
+    adapter_name: str | None = None  # the PEFT adapter it runs as on its module (None: a base, adapters off)
     _surface: Any = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------------ the two ways to make one
@@ -49,15 +74,18 @@ class LoadedModel:
         return cls(spec, model, tokenizer, family, summarize(model, family))
 
     @classmethod
-    def adapter(cls, spec: ModelSpec, model: Any, base: "LoadedModel", weights: WeightSummary) -> "LoadedModel":
+    def adapter(cls, spec: ModelSpec, model: Any, base: "LoadedModel", weights: WeightSummary,
+                adapter_name: str | None) -> "LoadedModel":
         """An adapter (``weights``: base + adapter, see :func:`~droidspeak.models.loading.summarize_adapter`)
-        applied on ``base`` as ``model`` (merged, or a PeftModel)."""
+        applied on ``base`` as ``model``: a PeftModel on which it is ``adapter_name``, or a module with the
+        adapter merged in (``adapter_name`` None)."""
         model.eval()
-        return cls(spec, model, base.tokenizer, base.family, weights, base.weights)
+        return cls(spec, model, base.tokenizer, base.family, weights, base.weights, adapter_name)
 
-    def running(self, model: Any) -> "LoadedModel":
-        """The same model, its module replaced (a host runs a base through its shared PeftModel)."""
-        return replace(self, model=model)
+    def running(self, model: Any, adapter_name: str | None = None) -> "LoadedModel":
+        """The same model, its module replaced (a host runs a base through its shared PeftModel; a merged
+        LoRA runs as its merged module)."""
+        return replace(self, model=model, adapter_name=adapter_name)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -86,7 +114,7 @@ class LoadedModel:
         if self._surface is None:
             from .surface import ModelSurface
 
-            self._surface = ModelSurface(self.model, self.activation)
+            self._surface = ModelSurface(self.model, self.activation, self.adapter_name)
         return self._surface
 
     @property

@@ -194,7 +194,7 @@ def attach_adapters(base: LoadedModel, specs: list[ModelSpec]) -> tuple[Any, lis
             raise IncompatibleModelsError(f"adapter {s.path} does not fit base {s.parent}: {first}") from None
         except Exception as e:
             raise WeightFileError(f"cannot load adapter {s.path}: {str(e).splitlines()[0]}") from None
-        loaded.append((name, LoadedModel.adapter(s, peft, base, summary)))
+        loaded.append((name, LoadedModel.adapter(s, peft, base, summary, name)))
     return peft, loaded
 
 
@@ -214,5 +214,5 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: boo
     base = load_model(spec.parent, dtype=dtype, merge=True)
     peft, ((_, adapter),) = attach_adapters(base, [spec])
     if merge and spec.kind == ModelKind.LORA:
-        return adapter.running(peft.merge_and_unload())
+        return adapter.running(peft.merge_and_unload())  # no adapter left to route: its weights are merged
     return adapter

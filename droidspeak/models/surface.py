@@ -9,8 +9,9 @@ position_embeddings=, position_ids=, cache=)``), ``rotary_emb`` and ``norm``; ma
   ``full_attention`` and ``sliding_attention``, each with its own mask and cache layer;
 * RoPE per layer kind (Gemma 3: ``rotary_emb(x, position_ids, layer_type)``) or shared;
 * scaled embeddings and q/k norms live inside the modules, so they need nothing here;
-* PEFT wrappers are unwrapped, and an activated adapter (aLoRA) is told, on every forward, how
-  many of the forwarded tokens lie at or after its activation point.
+* PEFT wrappers are unwrapped; every forward says which adapter(s) the shared module applies
+  (:mod:`.routing`), and an activated adapter (aLoRA) how many of the forwarded tokens lie at or
+  after its activation point.
 
 A new architecture is taught here and added to :data:`SUPPORTED_ARCHITECTURES`; the family
 contract refuses every other one before anything runs.
@@ -35,6 +36,7 @@ from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLa
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ..errors import DroidspeakError
+from .routing import Router
 
 # NOTE: every architecture here is covered by the unit tests' equivalence guarantees (tests/test_partial.py).
 SUPPORTED_ARCHITECTURES = frozenset({
@@ -52,18 +54,29 @@ class InPlaceLayer(DynamicLayer):
     NOTE: keys/values here are views of the first ``n`` columns of the buffers: [B, kv_heads, n, D].
     """
 
-    def __init__(self, max_tokens: int):
+    def __init__(self, max_tokens: int, k: torch.Tensor | None = None, v: torch.Tensor | None = None):
         super().__init__()
         self.max_tokens = int(max_tokens)
         self.n = 0
+        if k is not None and v is not None:  # buffers given (views of one buffer for every layer)
+            self._adopt(k, v)
+
+    def _adopt(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self._k, self._v = k, v
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+        self.device, self.dtype = k.device, k.dtype
+        self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         b, h, _, d = key_states.shape
-        self._k = key_states.new_zeros(b, h, self.max_tokens, d)
-        self._v = value_states.new_zeros(b, h, self.max_tokens, value_states.shape[-1])
-        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
-        self.device = key_states.device
-        self.is_initialized = True
+        # nothing past ``n`` is ever read: no need to clear the buffers
+        self._adopt(key_states.new_empty(b, h, self.max_tokens, d),
+                    value_states.new_empty(b, h, self.max_tokens, value_states.shape[-1]))
+
+    def filled(self, n: int) -> None:
+        """The first ``n`` tokens of the buffers were written from outside (a copy of stored blocks)."""
+        self.n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -116,10 +129,11 @@ class ModelSurface:
     """Named access to a causal LM's parts, unwrapping PEFT models.
 
     ``activation``: an activated adapter's invocation tokens (see :mod:`droidspeak.models.exact`); every
-    forward then passes PEFT the number of tokens the adapter acts on.
+    forward then passes PEFT the number of tokens the adapter acts on. ``adapter``: the PEFT adapter
+    it runs as on a module shared with its base and siblings (None: the module as it is, adapters off).
     """
 
-    def __init__(self, model: Any, activation: tuple[int, ...] | None = None):
+    def __init__(self, model: Any, activation: tuple[int, ...] | None = None, adapter: str | None = None):
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         arch = type(lm).__name__
         backbone = getattr(lm, "model", None)
@@ -134,6 +148,8 @@ class ModelSurface:
         self.config = lm.config
         self.layers = backbone.layers
         self.activation = tuple(activation) if activation else None
+        self.adapter = adapter  # the PEFT adapter this surface runs as on its module (None: the base, adapters off)
+        self.router = Router.of(lm)
         kinds, _ = get_layer_types_and_kwargs(self.config.get_text_config(decoder=True))
         bad = sorted(set(kinds) - {FULL, SLIDING})
         if bad:
@@ -141,7 +157,6 @@ class ModelSurface:
                                   "not handle")
         self.layer_kinds: tuple[str, ...] = tuple(kinds)
         self._rope_per_kind = "layer_type" in inspect.signature(backbone.rotary_emb.forward).parameters
-        self._lora_layers: list[Any] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,14 +196,19 @@ class ModelSurface:
 
     def run_layers(self, hidden: torch.Tensor, start: int, end: int, cache: Any, position_ids: torch.Tensor,
                    masks: Mapping[str, Any], pos_emb: Mapping[str, Any] | None = None) -> torch.Tensor:
-        """Run decoder layers ``start..end-1`` on ``hidden`` ([1, n, hidden]); their K/V land in ``cache``."""
+        """Run decoder layers ``start..end-1`` on ``hidden`` ([1, n, hidden]) as this surface's model (its own
+        adapter on a shared module); their K/V land in ``cache``.
+
+        NOTE: these are context tokens (a capture's, an assembly's), all before an activated adapter's
+        activation point: it acts on none of them."""
         pos_emb = pos_emb or self.position_embeddings(hidden, position_ids)
-        for idx in range(start, end):
-            kind = self.layer_kinds[idx]
-            hidden = self.layers[idx](hidden, attention_mask=masks[kind], position_embeddings=pos_emb[kind],
-                                      position_ids=position_ids, cache=cache, use_cache=True)
-            if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
-                hidden = hidden[0]
+        with self.router.route([self.adapter], [0] if self.activation else None, hidden.shape[1]):
+            for idx in range(start, end):
+                kind = self.layer_kinds[idx]
+                hidden = self.layers[idx](hidden, attention_mask=masks[kind], position_embeddings=pos_emb[kind],
+                                          position_ids=position_ids, cache=cache, use_cache=True)
+                if isinstance(hidden, tuple):  # older decoder layers return (hidden, ...)
+                    hidden = hidden[0]
         return hidden
 
     def layers_kv(self, hidden: torch.Tensor, start: int, end: int, position_ids: torch.Tensor,
@@ -204,15 +224,27 @@ class ModelSurface:
         """A cache that keeps every token of every layer (what captures and stores hold)."""
         return DynamicCache()  # no config: every layer a plain DynamicLayer, made as the forward reaches it
 
-    def new_cache(self, max_tokens: int | None = None, static: bool = False) -> Any:
+    def new_cache(self, max_tokens: int | None = None, static: bool = False, batch: int = 1) -> Any:
         """The model's own cache. With ``max_tokens``: full-attention layers preallocated and written in
         place (:class:`InPlaceLayer`), sliding-window layers keeping their window as the model's own
         do; with ``static``, transformers' fixed-shape ``StaticCache`` (what CUDA graphs need).
-        Without: the model's growing ``DynamicCache``."""
+        Without: the model's growing ``DynamicCache``.
+
+        NOTE: when every layer attends to the whole context, the preallocated K/V of all layers are
+        views of one buffer, ``cache.kv_buffer``: ``[L, 2, batch, kv_heads, max_tokens, head_dim]``, so
+        stored blocks go in with one copy each (:meth:`~droidspeak.store.blocks.BlockSource.fill`)."""
         if max_tokens is None:
             return DynamicCache(config=self.config)
         if static:
             return StaticCache(config=self.config, max_cache_len=int(max_tokens))
+        if all(kind == FULL for kind in self.layer_kinds):
+            attn = self.layers[0].self_attn
+            heads = int(getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads)
+            buf = torch.empty(self.num_layers, 2, batch, heads, int(max_tokens), attn.head_dim, dtype=self.dtype,
+                              device=self.device)
+            cache = Cache(layers=[InPlaceLayer(max_tokens, buf[i, 0], buf[i, 1]) for i in range(self.num_layers)])
+            cache.kv_buffer = buf
+            return cache
         _, kw = get_layer_types_and_kwargs(self.config.get_text_config(decoder=True))
         return Cache(layers=[InPlaceLayer(max_tokens) if kind == FULL else DynamicSlidingWindowLayer(**k)
                              for kind, k in zip(self.layer_kinds, kw)])
@@ -253,34 +285,6 @@ class ModelSurface:
         return out
 
     # ------------------------------------------------------------------ forwards
-    def _lora(self) -> list[Any]:
-        if self._lora_layers is None:
-            try:
-                from peft.tuners.lora import LoraLayer
-            except ImportError:  # pragma: no cover - peft is a dependency
-                self._lora_layers = []
-            else:
-                self._lora_layers = [m for m in self.lm.modules() if isinstance(m, LoraLayer)]
-        return self._lora_layers
-
-    @contextlib.contextmanager
-    def activated(self, offsets: list[int] | None) -> Iterator[None]:
-        """Tell an activated adapter, per batch row, on how many of the last forwarded tokens it acts."""
-        if self.activation is None or offsets is None:
-            yield
-            return
-
-        def hook(_module, args, kwargs):
-            kwargs["alora_offsets"] = offsets
-            return args, kwargs
-
-        handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self._lora()]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
     def forward(self, ids: torch.Tensor, cache: Any, keep: int = 1, activation_at: int | None = None,
                 **kw: Any) -> torch.Tensor:
         """The model's own forward of ``ids`` ([1, m]) on top of ``cache``: logits of the last
@@ -288,7 +292,7 @@ class ModelSurface:
         invocation starts in the whole sequence (absolute position)."""
         start = self.seq_length(cache)
         offsets = [alora_offsets(start, ids.shape[1], activation_at)] if self.activation else None
-        with self.activated(offsets):
+        with self.router.route([self.adapter], offsets, ids.shape[1]):
             out = self.lm(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep, **kw)
         return out.logits[0, -keep:]
 
@@ -297,10 +301,11 @@ class ModelSurface:
         return self.forward(ids, cache, 1, activation_at)[-1]
 
     def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any,
-                    offsets: list[int] | None) -> torch.Tensor:
+                    adapters: list[str | None], offsets: list[int] | None) -> torch.Tensor:
         """One batched decode step over a left-padded batch cache: ids, positions ``[B, 1]``, mask
-        ``[B, T+1]``; returns the logits ``[B, vocab]``."""
-        with self.activated(offsets if self.activation else None):
+        ``[B, T+1]``; row ``i`` runs as ``adapters[i]`` (None: the base; any adapter on this module),
+        an activated one acting on ``offsets[i]`` of its tokens. Returns the logits ``[B, vocab]``."""
+        with self.router.route(adapters, offsets, 1):
             out = self.lm(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions, cache=cache,
                           use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
@@ -329,7 +334,7 @@ class ModelSurface:
         ``lengths[r]`` tokens of each are real), with ``room`` free columns to decode into; and the
         attention mask ``[B, T]`` (T = the longest request) marking real tokens."""
         B, T = len(parts), max(lengths)
-        cache = self.new_cache(T + room)
+        cache = self.new_cache(T + room, batch=B)
         for li in range(self.num_layers):
             k0 = parts[0][li][0]
             ks = k0.new_zeros(B, k0.shape[1], T, k0.shape[3])

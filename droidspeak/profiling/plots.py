@@ -23,7 +23,8 @@ def plot_sensitivity(profile: Profile, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.bar(range(len(x)), [s["mean_kl"] for s in sens], color="tab:purple", label="mean KL over the answer")
     ax.plot(range(len(x)), [s["first_token_kl"] for s in sens], "o-", color="tab:orange", ms=3, label="first-token KL")
-    ax.axhline(profile.full_reuse.mean_kl if profile.full_reuse else 0.0, color="tab:gray", ls="-.", lw=1, label="full reuse (mean KL)")
+    full_reuse = profile.full_reuse.mean_kl if profile.full_reuse else 0.0
+    ax.axhline(full_reuse, color="tab:gray", ls="-.", lw=1, label="full reuse (mean KL)")
     ax.set_xticks(range(len(x)), x, rotation=60, fontsize=7)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("layers reused from the sender (all others recomputed)")

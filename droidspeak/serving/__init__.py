@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server: one engine thread that schedules, runs and postprocesses.
+"""The OpenAI-compatible server: one engine loop that schedules, runs and postprocesses.
 
 A request's route: :mod:`.api` (validate, lay out the prompt) -> :mod:`.engine` (the loop) ->
 :mod:`.scheduler` (what runs next) -> :mod:`.runner` (the one sharing path for prefill, batched

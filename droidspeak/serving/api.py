@@ -71,7 +71,8 @@ def build_request(engine: Engine, body: CompletionRequest | ChatRequest) -> Requ
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4 or any(len(x) > 256 for x in stop):
         raise ApiError(400, "at most 4 stop sequences of at most 256 characters")
-    return Request(body.model, prompt, max_tokens, body.temperature, body.top_p, body.seed, stop)
+    return Request(body.model, prompt, max_tokens, body.temperature, body.top_p, body.seed, stop,
+                   ignore_eos=body.ignore_eos)
 
 
 def submit(engine: Engine, r: Request) -> None:
@@ -165,13 +166,14 @@ def _guard(settings: Settings):
 def create_app(engine: Engine) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        if not engine.thread.is_alive():
+        if not engine.external and not engine.running:
             engine.start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)  # graceful: finish running requests
 
     app = FastAPI(title="droidspeak", version="0.1", lifespan=lifespan,
                   description="OpenAI-compatible serving where fine-tuned variants share KV caches")
+    app.state.engine = engine
     app.openapi = lambda: _openapi(app, engine)  # type: ignore[method-assign]
     app.middleware("http")(_guard(engine.settings))
 
@@ -187,7 +189,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok" if engine.thread.is_alive() and not engine.stopping else "stopping",
+        return {"status": "ok" if engine.running and not engine.stopping else "stopping",
                 "models": list(engine.host.models), **engine.load()}
 
     @app.get("/metrics")

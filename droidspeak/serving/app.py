@@ -14,6 +14,6 @@ from .host import ModelHost
 def build_app(s: Settings) -> FastAPI:
     """The node ``droidspeak serve`` runs (a one-line :class:`DroidspeakError` on a bad store or model)."""
     store = open_store(s.store, s.namespace, secret=s.store_secret, encrypt=s.store_encrypt,
-                       insecure=s.insecure_store) if s.store else None
+                       insecure=s.insecure_store, write_behind=s.store_write_queue) if s.store else None
     names = [n.strip() for n in s.models.split(",") if n.strip()] or None
     return create_app(Engine(ModelHost(names), store, s))

@@ -37,6 +37,8 @@ class Settings:
                            "other (empty: unauthenticated, allowed only for tiers on this machine)", secret=True)
     store_encrypt: bool = _f(False, "DROIDSPEAK_STORE_ENCRYPT", "also encrypt values in disk and Redis tiers "
                              "(AES-256-GCM under a key derived from store_secret)")
+    store_write_queue: int = _f(64, "DROIDSPEAK_STORE_WRITE_QUEUE", "contexts queued for the disk and Redis tiers, "
+                                "written off the request's path (a full queue drops the write, never the request)")
     insecure_store: bool = _f(False, "DROIDSPEAK_INSECURE_STORE", "accept a Redis tier on another machine without a "
                               "store secret (anyone who can write to it can change this node's answers)")
     api_key: str = _f("", "DROIDSPEAK_API_KEY", "require 'Authorization: Bearer KEY' (empty: no key)", secret=True)

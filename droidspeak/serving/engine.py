@@ -1,4 +1,10 @@
-"""The serving engine: a thread that schedules, runs and postprocesses, one step at a time.
+"""The serving engine: a loop that schedules, runs and postprocesses, one step at a time.
+
+``droidspeak serve`` runs the loop on the process's main thread and the HTTP server on another
+(:meth:`Engine.run`): on this CPU, torch runs a third slower in a thread that is not the main one
+(its OpenMP workers do not spin-wait between the many small operations of a forward), and the
+engine is where the forwards are. Embedded and in tests it runs on a thread of its own
+(:meth:`Engine.start`).
 
 ``Engine.step`` is the whole loop: the scheduler picks one prefill step and the decode groups
 (:mod:`.scheduler`), the model runner executes them (:mod:`.runner`: sharing, caches, batched
@@ -39,25 +45,44 @@ class Engine:
         self.runner = ModelRunner(host, store, settings, self.guard)
         self.output = OutputProcessor(host, self.metrics, settings.max_model_len)
         self._shadow = None  # the running shadow check (a generator) and its model
-        self.thread = threading.Thread(target=self._loop, name="droidspeak-engine", daemon=True)
+        self._counts: dict[str, int] = {}  # running requests per model, as the gauge last said
         self.started = time.time()
+        self.external = False  # the loop runs where its owner calls run() (the main thread); the app starts none
+        self._running = threading.Event()
+        self._done = threading.Event()
 
     # ------------------------------------------------------------------ public (any thread)
+    def run(self) -> None:
+        """Serve until stopped: the loop, in the calling thread."""
+        self._running.set()
+        try:
+            self._loop()
+        finally:
+            self._running.clear()
+            self._done.set()
+
     def start(self) -> "Engine":
-        self.thread.start()
+        """Serve on a thread of its own."""
+        threading.Thread(target=self.run, name="droidspeak-engine", daemon=True).start()
+        self._running.wait(5)
         return self
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking work, let running requests finish (up to ``timeout``), then stop."""
         self.scheduler.stop()
-        self.thread.join(timeout)
+        if self._running.is_set():
+            self._done.wait(timeout)
 
     @property
     def stopping(self) -> bool:
         return self.scheduler.stopping
 
     def submit(self, req: Request) -> None:
-        self.host.get(req.model)
+        req.group = self.host.group_of(req.model)
         if req.seed is not None:
             req.rng = torch.Generator().manual_seed(int(req.seed))
         self.scheduler.add(req)
@@ -111,7 +136,7 @@ class Engine:
                 self._shadow_ready(r)
                 if r.status == Status.FINISHED:
                     self.scheduler.leave(g, r)
-            self.metrics.running.labels(g.model).set(g.size)
+        self._count_running()
         if self.scheduler.idle():  # background work never runs ahead of a waiting or prefilling request
             self._shadow_step()
 
@@ -173,15 +198,25 @@ class Engine:
             except Exception:  # noqa: BLE001 - a model no longer served: drop the check
                 return
             self._shadow = (job.receiver, self.guard.check_steps(job, receiver, self.settings.prefill_chunk))
-        name, steps = self._shadow
-        with self.host.active(name):
-            try:
-                next(steps)
-            except StopIteration:
-                self._shadow = None
-            except Exception as e:  # noqa: BLE001 - a failed check is dropped, never a failed server
-                log.warning("shadow check failed: %s", e)
-                self._shadow = None
+        _, steps = self._shadow
+        try:
+            next(steps)
+        except StopIteration:
+            self._shadow = None
+        except Exception as e:  # noqa: BLE001 - a failed check is dropped, never a failed server
+            log.warning("shadow check failed: %s", e)
+            self._shadow = None
+
+    def _count_running(self) -> None:
+        """The running-requests gauge per model (a decode group holds several models' requests)."""
+        now: dict[str, int] = {}
+        for g in self.scheduler.decode_groups():
+            for r in g.reqs + g.pending:
+                if r.status != Status.FINISHED:
+                    now[r.model] = now.get(r.model, 0) + 1
+        for model in set(now) | set(self._counts):
+            self.metrics.running.labels(model).set(now.get(model, 0))
+        self._counts = now
 
     def _fail_current(self, e: Exception) -> None:
         for r in self.scheduler.take_all_running():

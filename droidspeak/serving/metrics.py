@@ -46,7 +46,6 @@ class Metrics:
         """Refresh the store gauges (bytes and errors per tier) before an exposition."""
         if store is None:
             return
-        st = store.backend.stats()
-        for t in st.get("tiers", [st]):
+        for t in store.tier_stats():
             self.store_bytes.labels(t["name"]).set(t["bytes"])
             self.store_errors.labels(t["name"]).set(t["errors"])

@@ -37,7 +37,7 @@ class OutputProcessor:
         elif r.t_last is not None:
             m.itl.labels(r.model).observe(now - r.t_last)
         r.t_last = now
-        if tok in self.stops[r.model]:
+        if tok in self.stops[r.model] and not r.ignore_eos:
             self.finish(r, "stop")
             return
         r.out.append(tok)

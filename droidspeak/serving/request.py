@@ -49,10 +49,12 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # generate max_tokens whatever the model's end-of-turn tokens (vLLM's extension)
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None  # "token" {text} | "done" {...}
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
     cancelled: bool = False  # set by any thread; the engine finishes the request as aborted
+    group: str = ""  # the decode group it runs in (its base's, for an adapter on a shared base)
     # ---- state, owned by the engine thread
     status: Status = Status.WAITING
     out: list[int] = field(default_factory=list)  # generated token ids

@@ -2,7 +2,8 @@
 
 Prefill goes through the one sharing path (:func:`droidspeak.sharing.path.prefill_steps`), so the
 server and the CLI decide and assemble caches the same way. Decode batches the running requests
-of one model: their caches are stacked left-padded into one cache with room to decode into
+of one decode group (a base and all its adapters: each row runs as its own adapter): their caches
+are stacked left-padded into one cache with room to decode into
 (:meth:`droidspeak.models.surface.ModelSurface.stack`), rebuilt only when a request joins or leaves or the
 room runs out. A model with sliding-window layers decodes each request from its own cache.
 """
@@ -34,36 +35,40 @@ class ModelRunner:
 
     def prefill_step(self, r: Request) -> PrefillResult | None:
         """Advance ``r``'s prefill by one step; its result when it ends, else None."""
-        with self.host.active(r.model):
-            try:
-                next(r.steps)
-                return None  # more chunks to go
-            except StopIteration as done:
-                r.steps = None
-                return done.value
+        try:
+            next(r.steps)
+            return None  # more chunks to go
+        except StopIteration as done:
+            r.steps = None
+            return done.value
 
     # ------------------------------------------------------------------ decode
     def decode(self, g: DecodeGroup) -> list[tuple[Request, torch.Tensor]]:
-        """One decode step for every running request of the group: ``(request, logits)`` pairs."""
-        with self.host.active(g.model) as model:
-            surface = model.surface
-            if g.needs_rebuild(self.settings.max_batch):
-                self._rebuild(g, surface)
-            if not g.reqs:
-                return []
-            offsets = [1 if r.activation_at is not None else 0 for r in g.reqs] if model.activation else None
-            with torch.inference_mode():
-                if len(g.reqs) == 1 and g.cache is None:  # one request: its own cache, no padding
-                    r = g.reqs[0]
-                    logits = surface.forward(torch.tensor([[r.out[-1]]]), r.cache, 1, r.activation_at)
-                    out = [(r, logits[-1])]
-                else:
-                    ids = torch.tensor([[r.out[-1]] for r in g.reqs])
-                    pos = torch.tensor([[r.length] for r in g.reqs])
-                    mask = torch.cat([g.mask, torch.ones(len(g.reqs), 1, dtype=torch.long)], dim=1)
-                    logits = surface.decode_step(ids, pos, mask, g.cache, offsets)
-                    g.mask, g.width, g.room = mask, g.width + 1, g.room - 1
-                    out = list(zip(g.reqs, logits))
+        """One decode step for every running request of the group, in one forward whatever adapter
+        each runs as: ``(request, logits)`` pairs."""
+        surface = self.host.group_surface(g.key)
+        if g.needs_rebuild(self.settings.max_batch):
+            self._rebuild(g, surface)
+        if not g.reqs:
+            return []
+        with torch.inference_mode():
+            if len(g.reqs) == 1 and g.cache is None:  # one request: its own cache, no padding
+                r = g.reqs[0]
+                own = self.host.get(r.model).loaded.surface
+                logits = own.forward(torch.tensor([[r.out[-1]]]), r.cache, 1, r.activation_at)
+                out = [(r, logits[-1])]
+            else:
+                hosted = [self.host.get(r.model) for r in g.reqs]
+                activated = [h.loaded.activation is not None for h in hosted]
+                # an activated adapter acts on the new token when its invocation occurred
+                offsets = ([int(a and r.activation_at is not None) for a, r in zip(activated, g.reqs)]
+                           if any(activated) else None)
+                ids = torch.tensor([[r.out[-1]] for r in g.reqs])
+                pos = torch.tensor([[r.length] for r in g.reqs])
+                mask = torch.cat([g.mask, torch.ones(len(g.reqs), 1, dtype=torch.long)], dim=1)
+                logits = surface.decode_step(ids, pos, mask, g.cache, [h.adapter for h in hosted], offsets)
+                g.mask, g.width, g.room = mask, g.width + 1, g.room - 1
+                out = list(zip(g.reqs, logits))
         for r in g.reqs:
             r.length += 1
         return out

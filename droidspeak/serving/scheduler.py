@@ -19,15 +19,16 @@ from .request import QueueFull, Request, Status
 
 
 class DecodeGroup:
-    """Running requests of one model, decoded together from one left-padded cache.
+    """Running requests of one decode group (a base and its adapters, or one model of its own), decoded
+    together from one left-padded cache, each row with its own adapter.
 
     NOTE: ``width`` is the number of cache columns in use; row ``i``'s own tokens are its last
     ``reqs[i].length`` columns (the rest, on the left, is padding the mask hides). The runner owns
     the cache fields; the membership changes only at a rebuild (:meth:`regroup`).
     """
 
-    def __init__(self, model: str):
-        self.model = model
+    def __init__(self, key: str):
+        self.key = key
         self.reqs: list[Request] = []
         self.pending: list[Request] = []  # prefilled, waiting to join at the next rebuild
         self.leaving: set[str] = set()  # ids of members that leave at the next rebuild
@@ -129,13 +130,13 @@ class Scheduler:
         return PrefillTurn(None, False, skipped)
 
     def prefill_ended(self, req: Request) -> None:
-        """The prefill slot is free; a request still running joins its model's decode group (at the
+        """The prefill slot is free; a request still running joins its decode group (at the
         group's next rebuild), one that finished meanwhile goes nowhere."""
         assert req is self.prefilling
         self.prefilling = None
         if req.status == Status.PREFILLING:
             req.move_to(Status.DECODING)
-            self._groups.setdefault(req.model, DecodeGroup(req.model)).pending.append(req)
+            self._groups.setdefault(req.group, DecodeGroup(req.group)).pending.append(req)
 
     def decode_groups(self) -> list[DecodeGroup]:
         return list(self._groups.values())

@@ -26,6 +26,8 @@ class Generation(_Base):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = Field(default=False, description="generate max_tokens whatever the end-of-turn tokens "
+                             "(vLLM's extension; for benchmarks)")
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 

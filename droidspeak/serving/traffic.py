@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from .guard import ShadowJob
 
 
-def traffic_backend(store_backend: Backend) -> Backend:
+def traffic_backend(store_backend: Backend | None) -> Backend:
     """Where checked prompts are kept: the store's disk tier when it has one, else a disk folder
     under ``$DROIDSPEAK_HOME/traffic`` (never only in memory: a restart must not lose them)."""
-    tiers = store_backend.tiers if isinstance(store_backend, TieredBackend) else [store_backend]
+    tiers = [] if store_backend is None else store_backend.tiers if isinstance(store_backend, TieredBackend) \
+        else [store_backend]
     disk = next((t for t in tiers if isinstance(t.inner if isinstance(t, SealedBackend) else t, DiskBackend)), None)
     return disk or DiskBackend(home() / "traffic", 256 << 20)  # the disk tier, sealed as it is; else a local folder
 

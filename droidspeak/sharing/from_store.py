@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..core.assemble import assemble
 from ..core.plan import RecomputePlan
 from ..core.prefill import DEFAULT_ROOM, finish_prefill
@@ -24,6 +26,7 @@ from ..errors import DroidspeakError
 from ..kinds import ShareKind, TensorKind
 from ..models.exact import activation_point
 from ..models.loaded import LoadedModel
+from ..store.blocks import BlockSource
 from ..store.cache import CacheStore, Hit, Item
 
 ORDERS = ("e-first", "reused-then-compute", "all-then-compute")
@@ -40,8 +43,11 @@ def fetch_items(plan: RecomputePlan, order: str) -> list[Item]:
 
 def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan: RecomputePlan,
                        prompt: PromptTokens, order: str = "e-first", room: int = DEFAULT_ROOM,
-                       kind: ShareKind = ShareKind.PROFILED) -> PrefillResult:
-    """The receiver's prefill of ``prompt`` reusing ``hit``'s stored prefix with ``plan``."""
+                       kind: ShareKind = ShareKind.PROFILED,
+                       extend: tuple[int, list[int]] | None = None) -> PrefillResult:
+    """The receiver's prefill of ``prompt`` reusing ``hit``'s stored prefix with ``plan``. With ``extend``
+    (``(n, E layers)``: every layer reused, and the receiver computes the producer's very cache for its
+    first ``n`` tokens), the tokens from the hit's end to ``n`` are stored too (:meth:`CacheStore.extend`)."""
     if plan.num_layers != receiver.num_layers or hit.num_layers != receiver.num_layers:
         raise DroidspeakError("plan, stored entry and receiver disagree on the number of layers")
     ids = prompt.ids
@@ -49,14 +55,53 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
     if m <= 0 or m > len(ids):
         raise DroidspeakError("store hit does not fit the prompt")
     t0 = time.perf_counter()
-    source = store.source(hit, fetch_items(plan, order), receiver.family, receiver.surface.dtype)
-    if order != "e-first":
-        source.wait_all()
-    asm = assemble(receiver.surface, ids[:m], plan, source)
     at = activation_point(ids, receiver.activation)
-    cache, logits, suffix_s = finish_prefill(receiver, asm, ids, room, at)
-    if asm.fell_back:
-        store.stats.bump("fallback_requests")
-    info = ReuseInfo(kind, m, hit.sender, str(plan), missing=tuple(asm.missing))
-    return PrefillResult(cache, logits, asm.recomputed, info,
-                         Timings(time.perf_counter() - t0, asm.compute_s, suffix_s, asm.wait_s), at)
+    source = store.source(hit, fetch_items(plan, order), receiver.family, receiver.surface.dtype)
+    record = {layer: [] for layer in extend[1]} if extend and extend[0] > m else None
+    res = None
+    if isinstance(source, BlockSource) and plan.is_full_reuse():
+        res = _from_blocks(receiver, source, ids, room, at, record)
+        if res is not None:
+            res.info = ReuseInfo(kind, m, hit.sender, str(plan))
+            res.timings.prefill_s = time.perf_counter() - t0
+    if res is None:
+        if order != "e-first":
+            source.wait_all()
+        asm = assemble(receiver.surface, ids[:m], plan, source)
+        cache, logits, suffix_s = finish_prefill(receiver, asm, ids, room, at, record_e=record)
+        if asm.fell_back:
+            store.stats.bump("fallback_requests")
+            record = None
+        elif hit.blocks is None and plan.is_full_reuse() and hit.producer is not None:
+            store.promote(hit, ids[:m], receiver.family, asm.kv)  # the next hit on this node is an in-process one
+        info = ReuseInfo(kind, m, hit.sender, str(plan), missing=tuple(asm.missing))
+        res = PrefillResult(cache, logits, asm.recomputed, info,
+                            Timings(time.perf_counter() - t0, asm.compute_s, suffix_s, asm.wait_s), at)
+    if record is not None and hit.producer is not None and extend is not None:
+        n, layers = extend[0], res.cache.layers
+        res.info.stored_tokens = store.extend(receiver.family, hit.producer, ids[:n], m, receiver.num_layers,
+                                              lambda layer: (layers[layer].keys[:, :, m:n], layers[layer].values[:, :, m:n]),
+                                              {layer: torch.cat(p, dim=1)[:, :n - m] for layer, p in record.items() if p})
+    return res
+
+
+@torch.inference_mode()
+def _from_blocks(receiver: LoadedModel, source: BlockSource, ids: list[int], room: int, at: int | None,
+                 record: dict[int, list[torch.Tensor]] | None = None) -> PrefillResult | None:
+    """Every layer reused from in-process blocks: one copy of each block into the request's own cache (one
+    buffer for all layers), then the request's own tokens. None for a cache that is not one buffer."""
+    surface = receiver.surface
+    cache = surface.new_cache(len(ids) + room)
+    buffer = getattr(cache, "kv_buffer", None)
+    if buffer is None:
+        return None
+    m = source.tokens
+    keep = m if len(ids) > m else m - 1  # prompt == context: its last token is replayed for the first logits
+    source.fill(buffer)
+    for layer in cache.layers:
+        layer.filled(keep)
+    t = time.perf_counter()
+    with surface.recording_inputs(record or {}, record if record is not None else {}):
+        logits = surface.forward_tokens(torch.tensor([ids[keep:]]), cache, at)
+    return PrefillResult(cache, logits, [], ReuseInfo(ShareKind.EXACT), Timings(suffix_s=time.perf_counter() - t),
+                         at)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterable
 
+import torch
+
 from ..core.assemble import CaptureSource, assemble
 from ..core.capture import capture_steps, run_to_end
 from ..core.plan import RecomputePlan
@@ -52,10 +54,19 @@ def capture_length(receiver: LoadedModel, ids: list[int], block: int) -> int:
 
 
 def prefill_hit(receiver: LoadedModel, store: CacheStore, d: Decision, prompt: PromptTokens,
-                opts: ShareOptions = ShareOptions()) -> PrefillResult:
-    """The receiver's prefill reusing the decision's stored prefix with its plan."""
+                opts: ShareOptions = ShareOptions(), hosted: Iterable[WeightSummary] = (),
+                profiles: ProfileIndex | None = None) -> PrefillResult:
+    """The receiver's prefill reusing the decision's stored prefix with its plan. When the receiver's own
+    tokens before its activation point are the producer's very cache (the same model, or an activated
+    adapter of the producer: every layer reused), the stored prefix is extended by them, so the next turn
+    of a conversation finds everything up to its own."""
     assert d.hit is not None
-    res = prefill_from_store(receiver, store, d.hit, d.plan, prompt, room=opts.room, kind=d.kind)
+    extend = None
+    if d.plan.is_full_reuse() and receiver.capture_weights.identity == d.hit.sender:
+        n = capture_length(receiver, prompt.ids, store.block)
+        if n > d.hit.tokens:
+            extend = (n, needed_e_layers(receiver, capture_peers(receiver, hosted), profiles))
+    res = prefill_from_store(receiver, store, d.hit, d.plan, prompt, room=opts.room, kind=d.kind, extend=extend)
     res.info.reason = d.reason
     res.info.profile = d.profile.name if d.profile else None
     res.info.source = d.profile
@@ -67,16 +78,50 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
                  hosted: Iterable[WeightSummary] = (), profiles: ProfileIndex | None = None,
                  reason: str = "no usable stored prefix", refused: tuple[str, ...] = ()
                  ) -> Generator[int, None, PrefillResult]:
-    """The receiver's own prefill as one pass that both answers and is stored: the first tokens are
-    captured in chunks (K/V, and the E its peers need: :mod:`.peers`), then the rest runs on top (the
-    same model with nothing recomputed is exactly its own full prefill)."""
+    """The receiver's own prefill as one pass that both answers and is stored: the first tokens run in
+    chunks on the request's own cache (recording the E its peers need: :mod:`.peers`), the rest on top,
+    then the stored part of that very cache goes to the store (one copy into the in-process tier; the
+    byte tiers from the writer). The same model with nothing recomputed is exactly its own prefill."""
     ids = prompt.ids
     n = capture_length(receiver, ids, store.block if store is not None else 1)
     if n <= 0:  # nothing worth capturing: the model's own prefill in one step
         res = full_prefill(receiver, ids, opts.room)
         res.info.reason, res.info.missing = reason, refused
         return res
+    surface = receiver.surface
+    cache = surface.new_cache(len(ids) + opts.room)
     e_layers = needed_e_layers(receiver, capture_peers(receiver, hosted), profiles) if store is not None else []
+    if getattr(cache, "kv_buffer", None) is None:  # sliding-window layers keep only their window: capture apart
+        return (yield from _miss_with_capture(receiver, store, prompt, opts, n, e_layers, reason, refused))
+    at = activation_point(ids, receiver.activation)  # an activated adapter acts from here: the first n are its base's
+    parts: dict[int, list[torch.Tensor]] = {}
+    step = opts.chunk or n
+    t0 = time.perf_counter()
+    for i in range(0, n, step):
+        with torch.inference_mode(), surface.recording_inputs(e_layers, parts):  # only this request's chunks
+            surface.forward(torch.tensor([ids[i:min(i + step, n)]]), cache, 1, at)
+        if i + step < n:
+            yield i + step
+    t_capture = time.perf_counter() - t0
+    with torch.inference_mode():
+        logits = surface.forward_tokens(torch.tensor([ids[n:]]), cache, at)
+    suffix_s = time.perf_counter() - t0 - t_capture
+    info = ReuseInfo(ShareKind.MISS, reason=reason, missing=refused)
+    if store is not None:
+        e = {layer: torch.cat(p, dim=1) if len(p) > 1 else p[0] for layer, p in parts.items() if p}
+        info.stored_tokens = store.put_context(receiver.family, receiver.capture_weights, ids[:n], receiver.num_layers,
+                                               lambda layer: (cache.layers[layer]._k[:, :, :n],
+                                                              cache.layers[layer]._v[:, :, :n]), e)
+    return PrefillResult(cache, logits, list(range(receiver.num_layers)), info,
+                         Timings(time.perf_counter() - t0, t_capture, suffix_s), at)
+
+
+def _miss_with_capture(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, opts: ShareOptions,
+                       n: int, e_layers: list[int], reason: str, refused: tuple[str, ...]
+                       ) -> Generator[int, None, PrefillResult]:
+    """A miss of a model whose cache keeps only a window on some layers: the first ``n`` tokens are
+    captured on a cache that keeps every token (what the store holds), then assembled into its own."""
+    ids = prompt.ids
     t0 = time.perf_counter()
     cap = yield from capture_steps(receiver, ids[:n], e_layers=e_layers, chunk=opts.chunk)
     t_capture = time.perf_counter() - t0
@@ -102,7 +147,7 @@ def prefill_steps(receiver: LoadedModel, store: CacheStore | None, prompt: Promp
     if store is not None:
         d = decide_safely(receiver, store, prompt, opts, profiles, guard)
         if d.hit is not None:
-            return prefill_hit(receiver, store, d, prompt, opts)
+            return prefill_hit(receiver, store, d, prompt, opts, hosted, profiles)
         reason, refused = d.reason, d.refused
     return (yield from prefill_miss(receiver, store if opts.store_on_miss else None, prompt, opts, hosted, profiles,
                                     reason, refused))

@@ -18,8 +18,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 
@@ -28,8 +28,10 @@ from ..kinds import TensorKind
 from ..models.exact import WeightSummary
 from ..models.family import FamilyFingerprint
 from .backends import Backend
+from .blocks import Block, BlockSource, BlockTier
 from .codec import CorruptEntry, decode, encode
 from .keys import DEFAULT_BLOCK, FORMAT_VERSION, KeySpace, chain_hashes
+from .writer import Writer
 
 log = logging.getLogger("droidspeak.store")
 Item = tuple[TensorKind, int]  # (KV | E, layer)
@@ -46,6 +48,11 @@ class Hit:
     num_layers: int
     e_layers: tuple[int, ...]
     producer: WeightSummary | None = None  # the weights that wrote it, as the manifest says
+    blocks: tuple[Block, ...] | None = field(default=None, compare=False, repr=False)  # the in-process tier's
+
+    @property
+    def tier(self) -> str:
+        return "memory" if self.blocks is not None else "shared"
 
 
 @dataclass
@@ -62,52 +69,157 @@ class StoreStats:
         return self.fetched_bytes / self.fetch_s if self.fetch_s > 0 and self.fetched_bytes > 1 << 20 else None
 
 
+@dataclass(slots=True)
+class Context:
+    """What a writer puts in the shared tiers: one context's K/V (every layer) and E, as tensors."""
+
+    family: FamilyFingerprint
+    producer: WeightSummary
+    chains: list[str]  # chained hashes of its blocks
+    num_layers: int
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> K, V: [1, kv_heads, >= n, head_dim]
+    e: dict[int, torch.Tensor]  # layer -> E: [1, >= n, hidden]
+
+
 class CacheStore:
-    def __init__(self, backend: Backend, namespace: str = "default", block: int = DEFAULT_BLOCK, fmt: str = "native"):
+    """The store a node shares through: an in-process tier of tensor blocks (``blocks``), and byte tiers
+    (``backend``: disk, Redis) written, with ``write_behind``, by a background writer off the request's
+    critical path (a bounded queue; a full queue drops the write, never the request)."""
+
+    def __init__(self, backend: Backend | None = None, namespace: str = "default", block: int = DEFAULT_BLOCK,
+                 fmt: str = "native", blocks: BlockTier | None = None, write_behind: int = 0):
         self.backend = backend
+        self.blocks = blocks
         self.keys = KeySpace(namespace, FORMAT_VERSION)
         self.block = block
         self.fmt = fmt
         self.stats = StoreStats()
         self._lock = threading.Lock()
+        self.writer = Writer(self._write_queued, write_behind) if write_behind and backend is not None else None
+        # contexts queued for the byte tiers, by (family, first block): a lookup that may need one waits for it
+        self._pending: dict[tuple[str, str], int] = {}
+        self._written = threading.Condition()
 
     # ------------------------------------------------------------------ writing
     def put(self, cap: SenderCapture, e_layers: Iterable[int] | None = None) -> int:
-        """Store a capture's K/V (every layer) and E (``e_layers``, default: those captured).
+        """Store a capture's K/V (every layer) and E (``e_layers``, default: those captured)."""
+        e = {layer: cap.e[layer] for layer in sorted(cap.e if e_layers is None else e_layers)}
+        return self.put_context(cap.family, cap.producer, cap.token_ids, cap.num_layers, lambda layer: cap.kv[layer], e)
 
-        Returns the number of tokens stored (the block-aligned part), 0 when too short or when a
-        write failed (then nothing is indexed, so nothing half-written can be found).
+    def put_context(self, family: FamilyFingerprint, producer: WeightSummary, token_ids: list[int] | tuple[int, ...],
+                    num_layers: int, kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                    e: dict[int, torch.Tensor]) -> int:
+        """Store the block-aligned part of a context whose ``producer`` computed ``kv(layer)`` (K, V:
+        ``[1, kv_heads, >= n, head_dim]``) and ``e`` (``[1, >= n, hidden]``): into the in-process tier at
+        once, into the byte tiers now or (``write_behind``) by the writer.
+
+        Returns the number of tokens stored (0 when too short or when a write failed: then nothing is
+        indexed, so nothing half-written can be found).
         """
-        chains = chain_hashes(cap.token_ids, self.block)
+        chains = chain_hashes(token_ids, self.block)
         n = len(chains) * self.block
         if n == 0:
             return 0
-        fam, snd, last = cap.family.digest, cap.sender_identity, chains[-1]
-        e_layers = sorted(cap.e if e_layers is None else e_layers)
+        stored = 0
+        if self.blocks is not None:
+            stored = self.blocks.put(family.digest, producer, chains, num_layers, kv, e) * self.block
+        if self.backend is not None:
+            ctx = Context(family, producer, chains, num_layers, {layer: kv(layer) for layer in range(num_layers)}, e)
+            if self.writer is None:
+                stored = max(stored, self._write(ctx))
+            else:
+                key = (family.digest, chains[0])
+                with self._written:
+                    self._pending[key] = self._pending.get(key, 0) + 1
+                if self.writer.submit(ctx):
+                    stored = max(stored, n)
+                else:
+                    self._done_writing(key)
+                    self.stats.bump("writes_dropped")
+        self.stats.bump("puts")
+        return stored
+
+    def _write_queued(self, c: Context) -> int:
+        try:
+            return self._write(c)
+        finally:
+            self._done_writing((c.family.digest, c.chains[0]))
+
+    def _done_writing(self, key: tuple[str, str]) -> None:
+        with self._written:
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
+            self._written.notify_all()
+
+    def _await_pending(self, fam: str, first: str, timeout: float = 10.0) -> None:
+        """A context this node queued for the byte tiers, which a lookup starting with the same block may
+        need, is written first (or ``timeout`` passes): a node never misses what it just computed."""
+        with self._written:
+            self._written.wait_for(lambda: (fam, first) not in self._pending, timeout)
+
+    def _write(self, c: Context) -> int:
+        """One context's entries, then its manifest, then its index keys (a failed write indexes nothing)."""
+        n = len(c.chains) * self.block
+        fam, snd, last = c.family.digest, c.producer.identity, c.chains[-1]
+        e_layers = sorted(c.e)
         ok = True
-        for layer in range(cap.num_layers):
-            k, v = cap.kv[layer]
+        for layer in range(c.num_layers):
+            k, v = c.kv[layer]
             key = self.keys.entry(fam, snd, last, layer, TensorKind.KV)
             ok &= self.backend.put(key, encode(key, {"k": k[:, :, :n], "v": v[:, :, :n]}, self.fmt))
         for layer in e_layers:
             key = self.keys.entry(fam, snd, last, layer, TensorKind.E)
-            ok &= self.backend.put(key, encode(key, {"e": cap.e[layer][:, :n]}, self.fmt))
+            ok &= self.backend.put(key, encode(key, {"e": c.e[layer][:, :n]}, self.fmt))
         if not ok:
             self.stats.bump("put_failed")
             log.warning("store put failed for sender %s (%d tokens); not indexed", snd[:12], n)
             return 0
         manifest = {"version": FORMAT_VERSION, "family": fam, "sender": snd, "tokens": n, "chain": last,
-                    "num_layers": cap.num_layers, "e_layers": e_layers, "fmt": self.fmt, "created": time.time(),
-                    "producer": cap.producer.to_dict()}
+                    "num_layers": c.num_layers, "e_layers": e_layers, "fmt": self.fmt, "created": time.time(),
+                    "producer": c.producer.to_dict()}
         ok = self.backend.put(self.keys.manifest(fam, snd, last), json.dumps(manifest).encode())
         mkey = self.keys.manifest(fam, snd, last).encode()
-        for ch in chains:
+        for ch in c.chains:
             ok &= self.backend.put(self.keys.index(fam, snd, ch), mkey)
         with self._lock:
             senders = set(self._senders(fam)) | {snd}
             ok &= self.backend.put(self.keys.senders(fam), json.dumps(sorted(senders)).encode())
-        self.stats.bump("puts")
         return n if ok else 0
+
+    def extend(self, family: FamilyFingerprint, producer: WeightSummary, token_ids: list[int], start: int,
+               num_layers: int, kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+               e: dict[int, torch.Tensor]) -> int:
+        """A hit's own continuation, computed on top of ``start`` stored tokens by the producer's very weights
+        (its K/V and E from ``start`` on), kept in the in-process tier: the next prompt that runs on (the
+        next turn of a conversation) finds it. Returns the tokens now stored."""
+        if self.blocks is None:
+            return 0
+        chains = chain_hashes(token_ids, self.block)
+        return self.blocks.put(family.digest, producer, chains, num_layers, kv, e, start) * self.block
+
+    def promote(self, hit: Hit, token_ids: list[int], family: FamilyFingerprint,
+                kv: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """A byte tier's hit, fetched and checked, kept in the in-process tier too (every layer's K/V)."""
+        if self.blocks is None or hit.producer is None or len(kv) < hit.num_layers:
+            return
+        chains = chain_hashes(token_ids, self.block)
+        self.blocks.put(family.digest, hit.producer, chains, hit.num_layers, lambda layer: kv[layer], {})
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the writer has written (or dropped) everything queued."""
+        if self.writer is not None:
+            self.writer.flush(timeout)
+
+    def tier_stats(self) -> list[dict]:
+        """Bytes, budget and errors of every tier, the in-process one first."""
+        out = [self.blocks.stats()] if self.blocks is not None else []
+        if self.backend is not None:
+            st = self.backend.stats()
+            out += st.get("tiers", [st])
+        return out
 
     def _senders(self, family: str) -> list[str]:
         raw = self.backend.get(self.keys.senders(family))
@@ -120,12 +232,37 @@ class CacheStore:
     def lookup(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...],
                senders: list[str] | None = None, num_layers: int | None = None,
                refused: list[str] | None = None) -> list[Hit]:
-        """The longest stored prefix of ``token_ids`` per sender (longest first). Stored values a sealed
-        tier refused on the way (not authenticated under this node's secret) are named in ``refused``."""
+        """The longest stored prefix of ``token_ids`` per sender (longest first; at equal length, the
+        in-process tier's). Stored values a sealed tier refused on the way (not authenticated under this
+        node's secret) are named in ``refused``."""
         fam = family.digest
         chains = chain_hashes(token_ids, self.block)
         if not chains:
             return []
+        hits: dict[str, Hit] = {}
+        if self.blocks is not None:
+            for snd, producer in self.blocks.producers(fam).items():
+                if senders is not None and snd not in senders:
+                    continue
+                held = self.blocks.held(fam, snd, chains)
+                if not held or (num_layers is not None and held[0].kv.shape[0] != num_layers):
+                    continue
+                e_layers = set.intersection(*(set(b.e) for b in held))
+                n = len(held) * self.block
+                hits[snd] = Hit(snd, n, chains[len(held) - 1], n, held[0].kv.shape[0], tuple(sorted(e_layers)),
+                                producer, tuple(held))
+        if self.backend is not None:
+            if self.writer is not None and not hits:  # a context in the in-process tier was found there
+                self._await_pending(fam, chains[0])
+            for h in self._lookup_shared(fam, chains, senders, num_layers, refused):
+                if h.sender not in hits or hits[h.sender].tokens < h.tokens:
+                    hits[h.sender] = h
+        self.stats.bump("lookups")
+        self.stats.bump("lookup_hits" if hits else "lookup_misses")
+        return sorted(hits.values(), key=lambda h: -h.tokens)
+
+    def _lookup_shared(self, fam: str, chains: list[str], senders: list[str] | None, num_layers: int | None,
+                       refused: list[str] | None) -> list[Hit]:
         self.backend.take_refused()  # what this thread read before is not this lookup's
         hits = []
         known = senders if senders is not None else self._senders(fam)
@@ -151,9 +288,7 @@ class CacheStore:
                         "secret (first: %s); computing instead", len(bad), bad[0])
             if refused is not None:
                 refused.append(f"{len(bad)} stored value(s) not authenticated")
-        self.stats.bump("lookups")
-        self.stats.bump("lookup_hits" if hits else "lookup_misses")
-        return sorted(hits, key=lambda h: -h.tokens)
+        return hits
 
     def _producer(self, man: dict, sender: str) -> WeightSummary | None:
         """The producing weights' summary from a manifest, when it holds one for this very sender."""
@@ -223,8 +358,11 @@ class CacheStore:
         self.backend.delete(self.keys.manifest(family.digest, hit.sender, hit.chain))
         self.stats.bump("invalidated")
 
-    def source(self, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype) -> "FetchSource":
-        """Start fetching ``items`` in order; the result answers as a layer source."""
+    def source(self, hit: Hit, items: list[Item], family: FamilyFingerprint, dtype: torch.dtype):
+        """The hit's entries as a layer source: the in-process tier's blocks as they are, or the byte
+        tiers' fetched in the order of ``items`` on a background thread."""
+        if hit.blocks is not None:
+            return BlockSource(list(hit.blocks), hit.tokens, dtype)
         return FetchSource(self, hit, items, family, dtype)
 
 

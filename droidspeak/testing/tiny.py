@@ -106,4 +106,38 @@ def tiny_adapter(base: LoadedModel, kind: str = "alora", invocation: tuple[int, 
     summary = summarize_adapter(tensors, cfg.to_dict(), base.weights)
     mk = ModelKind.ALORA if kind == "alora" else ModelKind.LORA
     model = peft.merge_and_unload() if merge and kind != "alora" else peft
-    return LoadedModel.adapter(ModelSpec(f"{base.name}-{kind}-{seed}", mk, None, base.name), model, base, summary)
+    return LoadedModel.adapter(ModelSpec(f"{base.name}-{kind}-{seed}", mk, None, base.name), model, base, summary,
+                               None if model is not peft else "default")
+
+
+def tiny_fleet(base: LoadedModel, kinds: dict[str, str], invocation: tuple[int, ...] = (5, 6, 7),
+               first_layer: int = 3, scale: float = 0.3) -> tuple[LoadedModel, dict[str, LoadedModel]]:
+    """Several adapters (name -> ``alora`` | ``top`` | ``lora``) on one PEFT copy of ``base``, as a
+    server hosts them: the base running on the shared module, and one :class:`LoadedModel` per
+    adapter, each its own PEFT adapter there (``lora_B`` filled with noise, seeded by its order)."""
+    import copy
+
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    def config(kind: str):
+        ak = AdapterKind("top", first_layer) if kind == "top" else AdapterKind(kind)  # type: ignore[arg-type]
+        return lora_config(ak, 4, 8, base.num_layers, list(invocation))
+
+    names = list(kinds)
+    peft = get_peft_model(copy.deepcopy(base.model), config(kinds[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        peft.add_adapter(name, config(kinds[name]))
+    g = torch.Generator().manual_seed(len(names))
+    with torch.no_grad():
+        for pname, p in peft.named_parameters():
+            if "lora_B" in pname:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    peft.eval()
+    out = {}
+    for name in names:
+        cfg = config(kinds[name])
+        tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft, adapter_name=name).items()}
+        mk = ModelKind.ALORA if kinds[name] == "alora" else ModelKind.LORA
+        out[name] = LoadedModel.adapter(ModelSpec(name, mk, None, base.name), peft, base,
+                                        summarize_adapter(tensors, cfg.to_dict(), base.weights), name)
+    return base.running(peft), out

@@ -1,0 +1,169 @@
+"""An agentic fleet of eight over one base: a long shared document, then eight agents in turn.
+
+Each workflow: one ~4K-token document (a staff registry, an order log and a Python file), then eight
+agents, each a role served by the base or one of its variants, in turn; each agent reads the whole
+conversation so far (the document, every earlier agent's request and answer) and adds its own turn.
+Workflows arrive as a Poisson process at each rate. The real server runs twice on the same build,
+with sharing and with ``DROIDSPEAK_SHARE=0`` (each model reuses only what it stored itself, as a
+prefix cache keyed by model does); everything else, arrival times included, is identical.
+
+Per mode and rate: requests/s, p50/p95 TTFT (the client's, from the first streamed token, queueing
+included), the share of requests within the TTFT SLO and the rate of those (goodput). Per mode: the
+in-process tier's bytes after one workflow (the KV held for one conversation).
+
+    .venv/bin/python bench/agent_fleet.py --out bench/results/agent_fleet.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
+from serve_load import start_server  # noqa: E402
+
+BASE = "smollm2-135m-instruct"
+
+
+def roles(requests: dict) -> list[tuple[str, str, str, int]]:
+    """(role, model, request, max tokens): eight agents, seven models (the base plays two roles)."""
+    qa, tc, code = requests["qa"], requests["toolcall"], requests["code"]
+    return [
+        ("planner", BASE, "In one line: what are the parts of this document, and who should handle each?", 32),
+        ("extractor", "smollm2-qa-alora", qa.prompt, 16),
+        ("caller", "smollm2-toolcall-alora", tc.prompt, 64),
+        ("coder", "smollm2-code-alora", code.prompt, 40),
+        ("checker", "smollm2-qa-top20", qa.prompt, 16),
+        ("reviewer", "smollm2-code-top20", code.prompt, 40),
+        ("answerer", "smollm2-qa", qa.prompt, 16),
+        ("critic", BASE, "Is any answer above inconsistent with the document? Answer in one sentence.", 32),
+    ]
+
+
+def turn(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
+    t0 = time.time()
+    first, text, usage = None, [], {}
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=1800) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            d = json.loads(line[6:])
+            if d.get("choices") and d["choices"][0]["delta"].get("content"):
+                first = first or time.time()
+                text.append(d["choices"][0]["delta"]["content"])
+            if d.get("usage"):
+                usage = d["usage"]
+    end = time.time()
+    return {"model": model, "ttft_s": (first or end) - t0, "e2e_s": end - t0, "start": t0, "end": end,
+            "text": "".join(text), "prompt_tokens": usage.get("prompt_tokens", 0),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+
+
+def workflow(url: str, doc: str, agents: list, out: list, lock: threading.Lock) -> None:
+    messages = [{"role": "user", "content": doc}]
+    for role, model, request, max_tokens in agents:
+        messages.append({"role": "user", "content": request})
+        r = turn(url, model, messages, max_tokens) | {"role": role}
+        messages.append({"role": "assistant", "content": r["text"] or "(no answer)"})
+        with lock:
+            out.append(r)
+
+
+def run_rate(url: str, docs: list, rate: float, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out: list[dict] = []
+    lock = threading.Lock()
+    t0, at, threads = time.time(), 0.0, []
+    for doc, agents in docs:
+        time.sleep(max(0.0, t0 + at - time.time()))
+        th = threading.Thread(target=workflow, args=(url, doc, agents, out, lock))
+        th.start()
+        threads.append(th)
+        at += rng.expovariate(rate)
+    for th in threads:
+        th.join()
+    return out
+
+
+def summarize(reqs: list[dict], slo: float) -> dict:
+    ttft = sorted(r["ttft_s"] for r in reqs)
+    q = lambda p: ttft[min(len(ttft) - 1, int(round(p * (len(ttft) - 1))))]  # noqa: E731
+    span = max(r["end"] for r in reqs) - min(r["start"] for r in reqs)
+    met = sum(t <= slo for t in ttft)
+    return {"requests": len(reqs), "requests_per_s": len(reqs) / span, "makespan_s": span,
+            "ttft_p50_s": q(0.5), "ttft_p95_s": q(0.95), "ttft_mean_s": statistics.mean(ttft),
+            "slo_attainment": met / len(ttft), "goodput_rps": met / span,
+            "cached_fraction": sum(r["cached_tokens"] for r in reqs) / max(1, sum(r["prompt_tokens"] for r in reqs)),
+            "per_role_ttft_p50_s": {role: statistics.median(r["ttft_s"] for r in reqs if r["role"] == role)
+                                    for role in dict.fromkeys(r["role"] for r in reqs)}}
+
+
+def memory_bytes(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines()
+               if ln.startswith("droidspeak:store_bytes") and 'tier="memory"' in ln)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=4000, help="document length")
+    ap.add_argument("--workflows", type=int, default=4, help="workflows per rate")
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.03], help="workflow arrivals per second")
+    ap.add_argument("--slo", type=float, default=4.0, help="TTFT SLO in seconds")
+    ap.add_argument("--out", default="bench/results/agent_fleet.json")
+    args = ap.parse_args()
+    from droidspeak.harness.demo import build_document
+    from droidspeak.models import load_model
+
+    tok = load_model(BASE).tokenizer
+    first_doc, first_req = build_document(tok, args.tokens, seed=500)
+    models = sorted({m for _, m, _, _ in roles(first_req)})
+    result = provenance() | {"tokens": args.tokens, "slo_s": args.slo, "agents": [r[:2] for r in roles(first_req)],
+                             "modes": {}}
+    for share in (True, False):
+        proc, url = start_server(",".join(models), share, DROIDSPEAK_STORE="memory:12GB")
+        try:
+            for m in models:  # warm-up, a short context each
+                turn(url, m, [{"role": "user", "content": "warm up " * 40}, {"role": "user", "content": "ok?"}], 2)
+            base_bytes = memory_bytes(url)
+            one: list[dict] = []
+            workflow(url, first_doc, roles(first_req), one, threading.Lock())  # one alone: KV held per conversation
+            mode = {"kv_bytes_one_workflow": memory_bytes(url) - base_bytes, "one_workflow": summarize(one, args.slo)}
+            for k, rate in enumerate(args.rates):
+                docs = [build_document(tok, args.tokens, seed=1000 * (k + 1) + i) for i in range(args.workflows)]
+                reqs = run_rate(url, [(d, roles(r)) for d, r in docs], rate, seed=k)
+                mode[str(rate)] = summarize(reqs, args.slo) | {"raw": reqs}
+                s = mode[str(rate)]
+                print(f"share={share} rate={rate}/s: {s['requests_per_s']:.3f} req/s, TTFT p50 {s['ttft_p50_s']:.2f}s "
+                      f"p95 {s['ttft_p95_s']:.2f}s, SLO {s['slo_attainment']:.0%} (goodput {s['goodput_rps']:.3f}/s), "
+                      f"cached {s['cached_fraction']:.0%}", flush=True)
+            result["modes"]["sharing" if share else "no_sharing"] = mode
+        finally:
+            proc.terminate()
+            proc.wait(120)
+    sh, no = result["modes"]["sharing"], result["modes"]["no_sharing"]
+    result["gains"] = {str(r): {"requests_per_s": sh[str(r)]["requests_per_s"] / no[str(r)]["requests_per_s"],
+                                "p95_ttft": no[str(r)]["ttft_p95_s"] / sh[str(r)]["ttft_p95_s"],
+                                "goodput": (sh[str(r)]["goodput_rps"] / no[str(r)]["goodput_rps"]
+                                            if no[str(r)]["goodput_rps"] else None)} for r in args.rates}
+    result["kv_bytes_per_context"] = {"sharing": sh["kv_bytes_one_workflow"], "no_sharing": no["kv_bytes_one_workflow"]}
+    print(json.dumps(result["gains"], indent=1), result["kv_bytes_per_context"])
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

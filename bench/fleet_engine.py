@@ -1,0 +1,189 @@
+"""The serving path against the direct path and the limit: what a request costs in the server.
+
+Measured side by side in one run on this machine (the issue's goals, as ratios):
+
+* **exact hit**: an activated variant's TTFT over the base's stored context, in the server (its own
+  ``droidspeak.ttft_s``, from arrival to first token) against the CLI's direct exact reuse of the
+  same prompt (a capture in memory, ``partial_prefill`` with nothing recomputed);
+* **miss**: the base's TTFT on a fresh context in the server against the CLI's plain full prefill
+  of the same prompt;
+* **decode**: tokens/s of one request alone (streamed, ``ignore_eos``) against the weight-read
+  bound (the base's weight bytes over this machine's read bandwidth, measured here), and of four
+  models of one base decoding at once (the base and three activated variants, all exact or
+  same-model hits of one context) against one alone.
+
+    .venv/bin/python bench/fleet_engine.py --out bench/results/fleet_engine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import provenance, write_result  # noqa: E402
+from serve_load import start_server  # noqa: E402
+
+BASE = "smollm2-135m-instruct"
+VARIANTS = ["smollm2-qa-alora", "smollm2-code-alora", "smollm2-toolcall-alora"]
+
+
+def read_bandwidth() -> float:
+    """Bytes/s of reading memory once (a sum over 1 GiB of floats, the best of five)."""
+    import torch
+
+    x = torch.ones(1 << 28)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+class Direct:
+    """The CLI's direct paths, in this process's main thread, on the same prompts the server answers."""
+
+    def __init__(self):
+        from droidspeak.harness.reuse import warm_up
+        from droidspeak.models import load_model
+
+        self.base, self.qa = load_model(BASE), load_model(VARIANTS[0])
+        warm_up(self.base, self.qa)
+        self.weight_bytes = sum({p.data_ptr(): p.numel() * p.element_size() for p in self.base.model.parameters()}
+                                .values())
+
+    def exact(self, context: str, q: str) -> float:
+        from droidspeak import RecomputePlan, capture, layout, partial_prefill
+
+        p = layout(self.qa.tokenizer, context, q)
+        cap = capture(self.base, list(p.prefix))
+        return min(partial_prefill(self.qa, cap, RecomputePlan.none(30), p.suffix, room=2).timings.prefill_s
+                   for _ in range(2))
+
+    def full(self, context: str, q: str) -> float:
+        from droidspeak import full_prefill, layout
+
+        return full_prefill(self.base, layout(self.base.tokenizer, context, q).ids, room=2).timings.prefill_s
+
+    def step(self, context: str, model) -> float:
+        """A plain transformers decode step (one token on the prompt's cache), the median of 20."""
+        import torch
+
+        from droidspeak import full_prefill, layout
+
+        res = full_prefill(model, layout(model.tokenizer, context, "Go on.").ids, room=32)
+        ts = []
+        with torch.inference_mode():
+            for _ in range(20):
+                t0 = time.perf_counter()
+                model.surface.forward(torch.tensor([[1000]]), res.cache, 1, res.activation_at)
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+
+def chat(url: str, model: str, context: str, q: str, max_tokens: int, stream: bool = False, times=None) -> dict:
+    body = {"model": model, "temperature": 0, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream,
+            "messages": [{"role": "user", "content": context}, {"role": "user", "content": q}]}
+    if not stream:
+        return httpx.post(url + "/v1/chat/completions", json=body, timeout=900).json()
+    out = None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            d = json.loads(line[6:])
+            if d.get("choices") and d["choices"][0]["delta"].get("content"):
+                times.append(time.perf_counter())
+            if d.get("droidspeak"):
+                out = d
+    return out
+
+
+def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
+    """Each figure beside its direct counterpart, one after the other (the machine drifts)."""
+    out: dict[str, list] = {"hit_ttft_s": [], "exact_direct_s": [], "miss_ttft_s": [], "full_direct_s": []}
+    q_base = "Summarize the document in one sentence."
+    for row in rows:
+        ctx = row.context + " (fresh)"
+        m = chat(url, BASE, ctx, q_base, 1)
+        assert m["droidspeak"]["kind"] == "miss", m["droidspeak"]
+        out["miss_ttft_s"].append(m["droidspeak"]["ttft_s"])
+        out["full_direct_s"].append(direct.full(ctx, q_base))
+        h = chat(url, VARIANTS[0], ctx, row.prompt, 1)
+        assert h["droidspeak"]["kind"] == "exact-cross-model", h["droidspeak"]
+        out["hit_ttft_s"].append(h["droidspeak"]["ttft_s"])
+        out["exact_direct_s"].append(direct.exact(ctx, row.prompt))
+    # decode: one alone, then the base and three variants at once over one stored context
+    ctx = rows[0].context + " (fresh)"
+    alone: list[float] = []
+    chat(url, VARIANTS[0], ctx, "Write at length about everyone in this registry.", decode_tokens, True, alone)
+    rate_alone = (len(alone) - 1) / (alone[-1] - alone[0])
+    streams: dict[str, list[float]] = {m: [] for m in [BASE] + VARIANTS}
+    threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here.",
+                                                   decode_tokens, True, streams[m])) for m in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    start = max(ts[0] for ts in streams.values())  # every request decoding from here on ...
+    end = min(ts[-1] for ts in streams.values())  # ... until the first one ends
+    together = sum(sum(1 for t in ts if start < t <= end) for ts in streams.values())
+    return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together / (end - start),
+                  "decode_window_s": end - start,
+                  "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=48)
+    ap.add_argument("--out", default="bench/results/fleet_engine.json")
+    args = ap.parse_args()
+    from droidspeak.models import load_model
+    from droidspeak.tasks import generate
+
+    tok = load_model(BASE).tokenizer
+    rows = generate("qa", "heldout", args.n, tok, seed=41, lengths=(args.tokens, args.tokens))
+    bw = read_bandwidth()
+    direct = Direct()
+    proc, url = start_server(",".join([BASE] + VARIANTS))
+    try:
+        s = measure(url, direct, rows, args.decode_tokens)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    med = statistics.median
+    bound_s = direct.weight_bytes / bw
+    out = provenance(dtype="float32") | {
+        "context_tokens": args.tokens, "rows": args.n, "read_bandwidth_gb_s": bw / 1e9,
+        "weight_bytes": direct.weight_bytes, "weight_read_bound_s": bound_s, "measured": s,
+        "exact_hit_over_direct": med(s["hit_ttft_s"]) / med(s["exact_direct_s"]),
+        "miss_over_full_prefill": med(s["miss_ttft_s"]) / med(s["full_direct_s"]),
+        "decode_alone_over_bound": (1 / s["decode_alone_tokens_s"]) / bound_s,
+        "decode_alone_over_plain_step": (1 / s["decode_alone_tokens_s"]) / s["plain_step_s"][VARIANTS[0]],
+        "decode_four_over_alone": s["decode_four_tokens_s"] / s["decode_alone_tokens_s"],
+    }
+    print(f"exact hit: server {med(s['hit_ttft_s']):.3f}s vs direct {med(s['exact_direct_s']):.3f}s = "
+          f"{out['exact_hit_over_direct']:.2f}x; miss: server {med(s['miss_ttft_s']):.3f}s vs full prefill "
+          f"{med(s['full_direct_s']):.3f}s = {out['miss_over_full_prefill']:.2f}x")
+    print(f"decode: alone {s['decode_alone_tokens_s']:.1f} tokens/s ({out['decode_alone_over_bound']:.2f}x the "
+          f"weight-read bound of {bound_s * 1000:.1f} ms, {out['decode_alone_over_plain_step']:.2f}x a plain "
+          f"transformers step of {s['plain_step_s'][VARIANTS[0]] * 1000:.1f} ms); four models "
+          f"{s['decode_four_tokens_s']:.1f} tokens/s = {out['decode_four_over_alone']:.2f}x one alone")
+    write_result(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
