@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import same_recipe, trained_with, variant_kinds  # noqa: E402
 
 from droidspeak.harness.study import critical_block  # noqa: E402
+from droidspeak.stats import mean_ci, paired_ratio_ci, relative_drop_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"
@@ -56,8 +57,11 @@ def variants_section() -> list[str]:
         names = r["variants"]
         lora, alora, top = variant_kinds(names)
         ref = trained_with(alora or top)
-        cell = lambda n: (f"{sc[n]:.3f} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
-        ratio = f"{sc[alora] / sc[lora]:.2f}" if lora and alora and sc.get(lora) else "-"
+        col = lambda n: [x[n] for x in r["per_row"]]  # noqa: E731
+        ci = lambda n: f" [{mean_ci(col(n)).low:.2f}, {mean_ci(col(n)).high:.2f}]"  # noqa: E731
+        cell = lambda n: (f"{sc[n]:.3f}{ci(n)} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
+        q = paired_ratio_ci(col(alora), col(lora)) if lora and alora else None
+        ratio = f"{q.value:.2f} [{q.low:.2f}, {q.high:.2f}]" if q else "-"
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
                    f"{sc['base']:.3f} | {cell(lora)} | {cell(alora)} | {cell(top)} | {ratio} | "
                    f"`{r['command']} --out bench/results/{f.name}` |")
@@ -65,7 +69,8 @@ def variants_section() -> list[str]:
                       "activated adapter, which finds its invocation itself), the same held-out rows for every "
                       "column. Every kind is trained by `droidspeak variants train NAME --adapter KIND` with its task's "
                       "rows, contexts (1-4K tokens) and step budget (see each adapter's droidspeak.json), except "
-                      "where a mark below says otherwise.", *([""] + notes if notes else []), ""]
+                      "where a mark below says otherwise. In brackets: 95% bootstrap intervals over the rows "
+                      "(`droidspeak.stats`; the ratio's paired, on the same rows).", *([""] + notes if notes else []), ""]
 
 
 def exact_section() -> list[str]:
@@ -397,13 +402,19 @@ def eval_section() -> list[str]:
     for f in files:
         r = json.loads(f.read_text())
         ct = r["context_tokens"]
+        col = lambda k: [x[k] for x in r["per_row"]]  # noqa: E731
+
+        def drop(k):
+            d = relative_drop_ci(col("quality_full"), col(k))
+            return f"{d.value:+.1%} [{d.low:+.0%}, {d.high:+.0%}]" if d else "n/a"
         out.append(f"| {r['sender']} -> {r['receiver']} | {r['plan']} ({r['recomputed_layers']}/{r['num_layers']}) | "
                    f"{r['rows']} ({ct['min']}-{ct['max']}) | {r['metric']} | {r['quality_full']:.3f} | "
-                   f"{r['quality_plan']:.3f} ({r['relative_drop']:+.1%}) | {r['quality_full_reuse']:.3f} "
-                   f"({r['relative_drop_full_reuse']:+.1%}) | {r['agreement_plan']:.2f} / {r['agreement_full_reuse']:.2f} | "
+                   f"{r['quality_plan']:.3f} ({drop('quality_plan')}) | {r['quality_full_reuse']:.3f} "
+                   f"({drop('quality_full_reuse')}) | {r['agreement_plan']:.2f} / {r['agreement_full_reuse']:.2f} | "
                    f"**{r['ttft_speedup']:.2f}x** | {r['ttft_speedup_full_reuse']:.1f}x | `{r['command']}` |")
     return out + ["", "TTFT columns: the receiver's own full-prefill time over the plan's (sum over rows, "
-                      "measured side by side per row). Drops are relative to the full prefill's quality.", ""]
+                      "measured side by side per row). Drops are relative to the full prefill's quality, with 95% "
+                      "bootstrap intervals paired over the rows (n/a: the full prefill scores 0).", ""]
 
 
 def pipeline_section() -> list[str]:
@@ -452,6 +463,61 @@ def formats_section() -> list[str]:
             "| format | bytes per token stored | first-token KL | answer agreement |", "|---|---|---|---|"]
     for f, d in r["formats"].items():
         out.append(f"| {f} | {d['bytes_per_token']:.0f} | {d['kl']:.2e} | {d['agree']:.3f} |")
+    return out + [""]
+
+
+def toolcalls_section() -> list[str]:
+    r = _load("tool_calls.json")
+    out = ["## Tool calls through the API: the tools block and constrained decoding", ""]
+    if not r:
+        return out + ["(not measured yet: `python bench/tool_calls.py`)", ""]
+    out += [f"{r['rows']} held-out toolcall rows ({r['context_tokens'][0]}-{r['context_tokens'][1]}-token order logs, "
+            "wording never trained on), greedy, through `droidspeak serve` and the openai client: `plain` is the "
+            "request as the tool-call variants were trained on it (no `tools`), `tools_auto` offers the three "
+            "order tools (the tools block in the prompt), `tools_named` names the gold function (decoding "
+            "constrained to its schema). `exact`: name and all four arguments right; `fields`: the share of "
+            f"them right. Means with 95% bootstrap intervals; on {r['machine']['cpu']}, {r['date']}. "
+            f"Command: `{r['command']}`.", "",
+            "| model | mode | exact | fields | exact minus plain (paired) | fields minus plain (paired) |",
+            "|---|---|---|---|---|---|"]
+
+    def ci(d, fmt="{:.2f}"):
+        return f"{fmt.format(d['value'])} [{fmt.format(d['ci95'][0])}, {fmt.format(d['ci95'][1])}]" if d else "-"
+    for m, modes in r["models"].items():
+        for mode, d in modes.items():
+            out.append(f"| {m} | {mode} | {ci(d['exact'])} | {ci(d['fields'])} | "
+                       f"{ci(d.get('exact_minus_plain'), '{:+.2f}')} | {ci(d.get('fields_minus_plain'), '{:+.2f}')} |")
+    if r.get("base"):
+        b = r["base"]
+        out.append(f"| {b['model']} (base) | tools_named | {ci(b['tools_named']['exact'])} | "
+                   f"{ci(b['tools_named']['fields'])} | - | - |")
+    return out + [""]
+
+
+def grammar_section() -> list[str]:
+    r = _load("grammar_cost.json")
+    out = ["## Structured output: what the grammar costs", ""]
+    if not r:
+        return out + ["(not measured yet: `python bench/grammar_cost.py`)", ""]
+    out += [f"The allowed-token mask for `tool_choice` required/named and `response_format` json_object/json_schema, "
+            f"for SmolLM2's tokenizer, a {r['tokens_fed']}-token tool call fed token by token (mask, apply to the "
+            f"logits, advance), the same JSON style for both libraries; on {r['machine']['cpu']}, {r['date']}. "
+            f"Command: `{r['command']}`.", "",
+            "| library | tokenizer setup | compile: any object | compile: tool-call schema "
+            "| per token: any object | per token: tool call |", "|---|---|---|---|---|---|"]
+    for lib in ("llguidance", "xgrammar"):
+        d = r.get(lib, {})
+        if "error" in d:
+            out.append(f"| {lib} | did not run: {d['error']} | | | | |")
+            continue
+        out.append(f"| {lib} | {d['tokenizer_s'] * 1000:.0f} ms | {d['json_object']['compile_s'] * 1000:.2f} ms | "
+                   f"{d['tool_call']['compile_s'] * 1000:.2f} ms | {d['json_object']['per_token_s'] * 1e6:.0f} us | "
+                   f"{d['tool_call']['per_token_s'] * 1e6:.0f} us |")
+    sv = r["served"]
+    out += ["", f"Served (droidspeak's matcher on llguidance, mask and advance): "
+            f"{sv['mask_and_advance_per_token_s'] * 1e6:.0f} us a token beside a SmolLM2 decode step of "
+            f"{sv['decode_step_s'] * 1000:.1f} ms in the same run: constrained decoding adds "
+            f"{sv['overhead_fraction'] * 100:.2f}% to a token."]
     return out + [""]
 
 
@@ -631,7 +697,7 @@ def main() -> int:
               + profiles_section() + eval_section()
               + guard_section() + gold_section() + scattered_section() + ttft_peers_section() + serve_section()
               + sensitivity_section() + ttft_section() + gpu_section() + pipeline_section() + aware_section()
-              + formats_section() + seal_section() + refactor_section())
+              + formats_section() + toolcalls_section() + grammar_section() + seal_section() + refactor_section())
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))

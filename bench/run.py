@@ -43,6 +43,7 @@ QUICK = {
               "--out", "bench/results/fleet_load.json"],
     "seal": ["bench/seal_cost.py", "--repeats", "3"],
     "engine": ["bench/fleet_engine.py", "--n", "2", "--decode-tokens", "32"],
+    "grammar": ["bench/grammar_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }
 FULL = {
@@ -61,6 +62,8 @@ FULL = {
     "seal": ["bench/seal_cost.py"],
     "engine": ["bench/fleet_engine.py"],
     "fleet8": ["bench/agent_fleet.py"],
+    "toolcalls": ["bench/tool_calls.py"],
+    "grammar": ["bench/grammar_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--compile", "--out", "bench/results/gpu_smoke.json"],
 }
 
@@ -182,6 +185,10 @@ def summary(mode: str, command: str) -> dict:
                     "decode_alone_over_weight_read_bound": fe["decode_alone_over_bound"],
                     "decode_four_models_over_one": fe["decode_four_over_alone"],
                     "engine_command": fe["command"]})
+    gc = _load("grammar_cost.json")
+    if gc:
+        out["grammar_overhead_per_token"] = gc["served"]["overhead_fraction"]
+        out["grammar_command"] = gc["command"]
     return out
 
 

@@ -58,7 +58,8 @@ def rouge_l(prediction: str, reference: str) -> float:
     return scorer.score(reference, prediction)["rougeL"].fmeasure
 
 
-def _first_json_object(text: str) -> dict | None:
+def first_json_object(text: str) -> dict | None:
+    """The first well-formed JSON object in a text (None when there is none)."""
     start = text.find("{")
     while start != -1:
         depth = 0
@@ -80,7 +81,7 @@ def _first_json_object(text: str) -> dict | None:
 def call_fields(prediction: str, reference: str) -> float:
     """Fraction of a tool call's fields (name + each argument) that the prediction gets exactly right."""
     ref = json.loads(reference)
-    pred = _first_json_object(prediction) or {}
+    pred = first_json_object(prediction) or {}
     args = pred.get("arguments") if isinstance(pred.get("arguments"), dict) else {}
     want = ref["arguments"]
     hits = int(pred.get("name") == ref["name"])

@@ -44,6 +44,15 @@ def test_unknown_variant_recipe():
     assert r.returncode == 2 and "no training recipe for 'nope'" in r.stderr
 
 
+def test_readme_lists_the_fields_ignored_by_design():
+    from droidspeak.paths import REPO_DIR
+    from droidspeak.serving.schemas import ignored_table
+
+    readme = (REPO_DIR / "README.md").read_text()
+    block = readme.split("<!-- ignored:start -->")[1].split("<!-- ignored:end -->")[0]
+    assert block.strip() == ignored_table().strip()
+
+
 def test_readme_settings_table_is_the_settings_table():
     from droidspeak.paths import REPO_DIR
     from droidspeak.serving.config import Settings

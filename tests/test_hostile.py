@@ -61,6 +61,47 @@ def test_limits_and_names(small_server):
     assert httpx.get(u + "/health").json()["status"] == "ok"
 
 
+KEYS = ["type", "properties", "items", "required", "enum", "const", "$ref", "anyOf", "oneOf", "pattern", "format",
+        "minimum", "maxLength", "additionalProperties", "$defs", "x"]
+
+
+def test_fuzz_tools_formats_and_parts(small_server):
+    """Hostile tool schemas, response formats and content parts (hypothesis): a 200 or a one-line 400,
+    never a 5xx (the server's log is checked for tracebacks at the end)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    leaf = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=12)
+    value = st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+        st.sampled_from(KEYS) | st.text(max_size=6), c, max_size=4), max_leaves=16)
+    schema = value | st.fixed_dictionaries({"type": st.sampled_from(["object", "array", "string", "integer", "nope"])},
+                                           optional={"properties": st.dictionaries(st.text(max_size=6), value, max_size=3),
+                                                     "required": st.lists(st.text(max_size=6), max_size=3)})
+    part = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_audio", "x"])},
+                                 optional={"text": leaf, "image_url": value})
+    body = st.fixed_dictionaries({}, optional={
+        "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+            {"name": st.sampled_from(["f", "g_1", "bad name", ""])}, optional={"parameters": schema})}), max_size=3),
+        "tool_choice": st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]),
+        "response_format": st.fixed_dictionaries({"type": st.sampled_from(["json_object", "json_schema", "text"])},
+                                                 optional={"json_schema": st.fixed_dictionaries(
+                                                     {"name": st.just("s")}, optional={"schema": schema})}),
+        "content": st.lists(part, max_size=3) | st.text(max_size=20),
+    })
+
+    @given(b=body)
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def run(b):
+        content = b.pop("content", "hi")
+        r = httpx.post(small_server.url + "/v1/chat/completions", timeout=60, json={
+            "model": "smollm2-135m-instruct", "max_tokens": 2, "messages": [{"role": "user", "content": content}], **b})
+        assert r.status_code in (200, 400), (b, r.status_code, r.text)
+        if r.status_code == 400:
+            assert "\n" not in r.json()["error"]["message"]
+
+    run()
+
+
 def test_namespaces_never_collide(tiny, redis_server, tiny_ids):
     from droidspeak import capture
     from droidspeak.store import CacheStore, RedisBackend

@@ -13,7 +13,7 @@ PKG = Path(droidspeak.__file__).parent
 # bottom up; a module may import its own package and any package of a lower layer
 LAYERS = [
     {"errors", "kinds", "paths"},
-    {"quality", "runtime", "tasks"},
+    {"quality", "runtime", "stats", "tasks"},
     {"models"},
     {"core"},
     {"store"},

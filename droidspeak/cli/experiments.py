@@ -181,9 +181,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{res['metric']}\n"
             f"  full prefill {res['quality_full']:.3f} | plan {res['quality_plan']:.3f} ({res['relative_drop']:+.1%} drop, "
             f"{res['ttft_speedup']:.2f}x TTFT) | full reuse {res['quality_full_reuse']:.3f} "
-            f"({res['relative_drop_full_reuse']:+.1%} drop, {res['ttft_speedup_full_reuse']:.2f}x TTFT)")
+            f"({res['relative_drop_full_reuse']:+.1%} drop, {res['ttft_speedup_full_reuse']:.2f}x TTFT)\n"
+            f"  95% CI over rows, paired: plan drop {_ci(res['intervals']['relative_drop'], '{:+.1%}')}, "
+            f"plan minus full prefill {_ci(res['intervals']['minus_full'], '{:+.3f}')}")
     emit(args, {k: v for k, v in res.items() if k != "per_row"}, text)
     return 0
+
+
+def _ci(d: dict | None, fmt: str) -> str:
+    if d is None:
+        return "n/a (the full prefill scores 0)"
+    return f"{fmt.format(d['value'])} [{fmt.format(d['ci95'][0])}, {fmt.format(d['ci95'][1])}]"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -31,13 +31,17 @@ def cmd_variants(args: argparse.Namespace) -> int:
              f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
         return 0
     if args.variants_cmd == "eval":
-        res = variants.evaluate(args.names, args.n, progress=not args.json, lengths=(args.min_tokens, args.max_tokens))
+        res = variants.evaluate(args.names, args.n, progress=not args.json, seed=args.seed,
+                                lengths=(args.min_tokens, args.max_tokens))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(res, indent=1))
         summary = {k: v for k, v in res.items() if k != "per_row"}
         emit(args, summary, f"held-out {res['task']} ({res['rows']} rows, {res['min_tokens']}-{res['max_tokens']} "
-             f"tokens), {res['metric']}: " + ", ".join(f"{k} {v:.3f}" for k, v in res["scores"].items()))
+             f"tokens), {res['metric']}, 95% CI over rows: "
+             + ", ".join(f"{k} {v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for k, v in res["intervals"].items())
+             + "".join(f"\n  {k} - base (paired): {v['value']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
+                       for k, v in res["minus_base"].items()))
         return 0
     raise DroidspeakError("use: droidspeak variants {list,train,eval}")
 
@@ -71,6 +75,7 @@ def register(add) -> None:
     ve.add_argument("--n", type=int, default=30)
     ve.add_argument("--min-tokens", type=int, default=1024)
     ve.add_argument("--max-tokens", type=int, default=4096)
+    ve.add_argument("--seed", type=int, default=0, help="which held-out rows (recorded in the result)")
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
     ve.add_argument("--json", action="store_true")
 

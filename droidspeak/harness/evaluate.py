@@ -23,6 +23,7 @@ from ..errors import DroidspeakError
 from ..models.family import require_compatible
 from ..models.loaded import LoadedModel
 from ..quality import agreement, kl_divergence, score
+from ..stats import mean_ci, paired_diff_ci, relative_drop_ci
 from ..tasks import Example
 from .reuse import prompt_for, warm_up
 
@@ -88,5 +89,17 @@ def evaluate_plan(sender: LoadedModel, receiver: LoadedModel, plan: RecomputePla
         "first_token_kl_plan": mean("first_token_kl_plan"), "first_token_kl_full_reuse": mean("first_token_kl_full_reuse"),
         "ttft_speedup": t_full / t_plan, "ttft_speedup_full_reuse": t_full / t_reuse,
         "ttft_full_s_mean": t_full / len(per_row), "ttft_plan_s_mean": t_plan / len(per_row),
+        "intervals": _intervals(per_row),
         "per_row": per_row,
     }
+
+
+def _intervals(per_row: list[dict]) -> dict:
+    """95% bootstrap intervals over the rows: each quality, and each drop paired on the same rows."""
+    col = lambda k: [r[k] for r in per_row]  # noqa: E731
+    out = {k: mean_ci(col(k)).to_dict() for k in ("quality_full", "quality_plan", "quality_full_reuse")}
+    for suffix, k in (("", "quality_plan"), ("_full_reuse", "quality_full_reuse")):
+        d = relative_drop_ci(col("quality_full"), col(k))
+        out["relative_drop" + suffix] = d.to_dict() if d else None  # None: the full prefill scores 0
+        out["minus_full" + suffix] = paired_diff_ci(col(k), col("quality_full")).to_dict()
+    return out

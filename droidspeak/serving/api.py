@@ -1,10 +1,11 @@
 """The OpenAI-compatible HTTP API (FastAPI): models, completions, chat completions, SSE streaming,
 health and Prometheus metrics. Errors use OpenAI's shape: ``{"error": {"message", "type", "code"}}``.
 
-A request's route: :func:`build_request` validates the body and turns it into an engine
-:class:`~droidspeak.serving.request.Request` (the prompt laid out by the one layout rule), the
-engine prefills it through the one sharing path and decodes it, and :mod:`.render` shapes what
-comes back, with the ``droidspeak`` field saying how the prefill shared.
+A request's route: :class:`~droidspeak.serving.intake.Intake` validates the body and turns it into
+engine requests, one per choice (the prompt laid out by the one layout rule, the answer's grammar
+compiled); the engine prefills each through the one sharing path and decodes it; :mod:`.render`
+shapes what comes back (a tool call parsed by :mod:`.tools`), with the ``droidspeak`` field saying
+how the prefill shared.
 """
 
 from __future__ import annotations
@@ -20,122 +21,120 @@ from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from ..core.prompt import PromptTokens, chat_prompt
 from ..models.exact import exactness
 from ..sharing.index import ProfileIndex
 from . import render
+from . import tools as calls
 from .config import Settings
 from .engine import Engine
+from .intake import Intake
 from .request import QueueFull, Request
 from .schemas import ApiError, ChatRequest, CompletionRequest
 
 
-# --------------------------------------------------------------------------- request building
-def prompt_of(body: CompletionRequest | ChatRequest, tokenizer: Any) -> PromptTokens:
-    """The prompt's tokens: a chat by the layout rule (every turn but the last is the shared prefix),
-    a completion prompt as one piece."""
-    if isinstance(body, ChatRequest):
+def submit(engine: Engine, reqs: list[Request]) -> None:
+    """All of a request's choices, or none (a full queue cancels the ones already in)."""
+    for i, r in enumerate(reqs):
         try:
-            return chat_prompt(tokenizer, [m.model_dump() for m in body.messages])
-        except Exception as e:  # noqa: BLE001 - a template that refuses this conversation
-            raise ApiError(400, f"the model's chat template refuses these messages: {str(e).splitlines()[0]}") from None
-    prompt = body.prompt
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ApiError(400, "prompt must be a string or a list of exactly one string")
-        prompt = prompt[0]
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ApiError(400, "prompt is empty")
-    return PromptTokens(tuple(ids), ())
-
-
-def build_request(engine: Engine, body: CompletionRequest | ChatRequest) -> Request:
-    """A validated engine request (4xx :class:`ApiError` otherwise); events are wired by the caller."""
-    s = engine.settings
-    try:
-        hosted = engine.host.get(body.model)
-    except Exception as e:  # noqa: BLE001
-        raise ApiError(404, str(e), code="model_not_found") from None
-    prompt = prompt_of(body, hosted.loaded.tokenizer)
-    n_prompt = len(prompt.ids)
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    if max_tokens is None:
-        # at least one token, so a prompt that already fills the context is refused below
-        max_tokens = max(1, min(s.max_tokens_limit, s.max_model_len - n_prompt))
-    if max_tokens > s.max_tokens_limit:
-        raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {s.max_tokens_limit}")
-    if n_prompt + max_tokens > s.max_model_len:
-        raise ApiError(400, f"this model's maximum context length is {s.max_model_len} tokens; the prompt has "
-                            f"{n_prompt} and max_tokens asks {max_tokens} more", code="context_length_exceeded")
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4 or any(len(x) > 256 for x in stop):
-        raise ApiError(400, "at most 4 stop sequences of at most 256 characters")
-    return Request(body.model, prompt, max_tokens, body.temperature, body.top_p, body.seed, stop,
-                   ignore_eos=body.ignore_eos)
-
-
-def submit(engine: Engine, r: Request) -> None:
-    try:
-        engine.submit(r)
-    except QueueFull as e:
-        if engine.stopping:
-            raise ApiError(503, "server is shutting down", "server_error", "shutting_down") from None
-        raise ApiError(429, f"server busy: {e}; retry later", "rate_limit_error", "overloaded") from None
+            engine.submit(r)
+        except QueueFull as e:
+            for done in reqs[:i]:
+                engine.cancel(done)
+            if engine.stopping:
+                raise ApiError(503, "server is shutting down", "server_error", "shutting_down") from None
+            raise ApiError(429, f"server busy: {e}; retry later", "rate_limit_error", "overloaded") from None
 
 
 # --------------------------------------------------------------------------- answering
-async def answer(engine: Engine, body: CompletionRequest | ChatRequest, http: HttpRequest):
+async def answer(intake: Intake, body: CompletionRequest | ChatRequest, http: HttpRequest):
     """Build, submit and answer one generation request (whole, or streamed as server-sent events)."""
-    r = build_request(engine, body)
+    engine = intake.engine
+    reqs, offered = intake.build(body)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    r.on_event = lambda ev, data: loop.call_soon_threadsafe(events.put_nowait, (ev, data))
-    submit(engine, r)
+    for i, r in enumerate(reqs):
+        r.on_event = lambda ev, data, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, ev, data))
+    submit(engine, reqs)
     chat = isinstance(body, ChatRequest)
-    shape = render.Shape(chat, ("chatcmpl-" if chat else "cmpl-") + r.id, int(time.time()), body.model)
+    tok = engine.host.get(body.model).loaded.tokenizer
+    shape = render.Shape(chat, ("chatcmpl-" if chat else "cmpl-") + reqs[0].id, int(time.time()), body.model,
+                         lambda t: tok.decode([t]))
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(engine, r, shape, events, http, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(_stream(engine, reqs, offered, shape, events, http, usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache",
+                                                                          "X-Accel-Buffering": "no"})
+    finished: dict[int, dict] = {}
     try:
-        while True:
-            ev, data = await events.get()
+        while len(finished) < len(reqs):
+            i, ev, data = await events.get()
             if ev == "done":
-                break
+                finished[i] = data
     except asyncio.CancelledError:
-        engine.cancel(r)
+        for r in reqs:
+            engine.cancel(r)
         raise
-    if data.get("error"):
-        raise ApiError(500, data["error"], "server_error")
-    return render.completion(shape, r, data["finish_reason"])
+    error = next((d["error"] for d in finished.values() if d.get("error")), None)
+    if error:
+        raise ApiError(500, error, "server_error")
+    choices = [render.choice(shape, i, r, finished[i]["finish_reason"], calls.parse_call(r.text, offered) if offered
+                             else None) for i, r in enumerate(reqs)]
+    return render.completion(shape, choices, reqs)
 
 
-async def _stream(engine: Engine, r: Request, shape: render.Shape, events: asyncio.Queue, http: HttpRequest,
-                  include_usage: bool):
+async def _stream(engine: Engine, reqs: list[Request], offered: list, shape: render.Shape, events: asyncio.Queue,
+                  http: HttpRequest, include_usage: bool):
+    """The choices' events as server-sent events. With tools offered, an answer that may still become a
+    call (it starts with ``{``) is held back until it ends: then it is one ``tool_calls`` delta if it
+    parses as a call, else its text."""
+    held = [offered and True for _ in reqs]  # still possibly a call
+    pending = ["" for _ in reqs]
+    left = len(reqs)
     try:
         if shape.chat:
-            yield render.chunk(shape, r, None, None, first=True)
-        while True:
+            for i, r in enumerate(reqs):
+                yield render.chunk(shape, r, None, None, first=True, index=i)
+        while left:
             if await http.is_disconnected():
-                engine.cancel(r)
+                for r in reqs:
+                    engine.cancel(r)
                 return
             try:
-                ev, data = await asyncio.wait_for(events.get(), timeout=1.0)
+                i, ev, data = await asyncio.wait_for(events.get(), timeout=1.0)
             except asyncio.TimeoutError:
                 continue
+            r = reqs[i]
             if ev == "token":
-                yield render.chunk(shape, r, data["text"], None)
+                if held[i]:
+                    pending[i] += data["text"]
+                    if pending[i].lstrip() and not pending[i].lstrip().startswith("{"):
+                        held[i] = False  # plain text: send what was held
+                        yield render.chunk(shape, r, pending[i], None, index=i, lp=render.logprobs(shape, r, 0, data["end"]))
+                    continue
+                yield render.chunk(shape, r, data["text"], None, index=i,
+                                   lp=render.logprobs(shape, r, data["start"], data["end"]))
                 continue
-            yield render.error_chunk(data["error"]) if data.get("error") else render.chunk(shape, r, None,
-                                                                                           data["finish_reason"])
-            if include_usage:
-                yield render.usage_chunk(shape, r)
-            yield render.DONE
-            return
+            left -= 1
+            if data.get("error"):
+                yield render.error_chunk(data["error"])
+                continue
+            finish = data["finish_reason"]
+            if held[i]:
+                call = calls.parse_call(r.text, offered)
+                if call is not None:
+                    yield render.chunk(shape, r, None, None, index=i, call=call, lp=render.logprobs(shape, r))
+                    yield render.chunk(shape, r, None, "tool_calls", index=i)
+                    continue
+                if pending[i]:
+                    yield render.chunk(shape, r, pending[i], None, index=i, lp=render.logprobs(shape, r))
+            yield render.chunk(shape, r, None, finish, index=i)
+        if include_usage:
+            yield render.usage_chunk(shape, reqs)
+        yield render.DONE
     finally:
-        if r.finish_reason is None:
-            engine.cancel(r)  # the client went away mid-stream
+        for r in reqs:
+            if r.finish_reason is None:
+                engine.cancel(r)  # the client went away mid-stream
 
 
 # --------------------------------------------------------------------------- the app
@@ -211,13 +210,15 @@ def create_app(engine: Engine) -> FastAPI:
     async def pairs():
         return {"object": "list", "data": pairs_status(engine)}
 
+    intake = Intake(engine)
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HttpRequest):
-        return await answer(engine, body, http)
+        return await answer(intake, body, http)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: HttpRequest):
-        return await answer(engine, body, http)
+        return await answer(intake, body, http)
 
     return app
 

@@ -41,6 +41,9 @@ class OutputProcessor:
             self.finish(r, "stop")
             return
         r.out.append(tok)
+        if r.sampled_logprob is not None:
+            r.out_logprobs.append(r.sampled_logprob)
+            r.sampled_logprob = None
         text = self.host.get(r.model).loaded.detokenize(r.out)
         delta = text[len(r.text):]
         stop_hit = next((s for s in r.stop if s and s in text), None)
@@ -48,16 +51,23 @@ class OutputProcessor:
             cut = text.index(stop_hit)
             delta = text[len(r.text):cut] if cut > len(r.text) else ""
             r.text = text[:cut]
-            if delta:
-                r.on_event("token", {"text": delta})
+            self._send(r, delta)
             self.finish(r, "stop")
             return
         if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
             r.text = text
-            if delta:
-                r.on_event("token", {"text": delta})
-        if len(r.out) >= r.max_tokens or r.length + 1 >= self.max_model_len:
+            self._send(r, delta)
+        if r.constraint is not None and r.constraint.done:  # the grammar's answer is complete
+            self.finish(r, "stop")
+        elif len(r.out) >= r.max_tokens or r.length + 1 >= self.max_model_len:
             self.finish(r, "length")
+
+    @staticmethod
+    def _send(r: Request, delta: str) -> None:
+        """A text delta, with the tokens it covers (``out[start:end]``, for their logprobs)."""
+        if delta:
+            r.on_event("token", {"text": delta, "start": r.sent, "end": len(r.out)})
+            r.sent = len(r.out)
 
     def finish(self, r: Request, reason: str, error: str | None = None) -> None:
         """The one place a request ends (stop, length, abort, error): its last event and its figures."""

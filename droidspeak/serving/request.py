@@ -50,6 +50,8 @@ class Request:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # generate max_tokens whatever the model's end-of-turn tokens (vLLM's extension)
+    logprobs: int | None = None  # report each generated token's log-probability and this many alternatives
+    constraint: Any = None  # a grammar Matcher the answer is decoded under (structured output, forced tool calls)
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, data: None  # "token" {text} | "done" {...}
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
@@ -58,6 +60,9 @@ class Request:
     # ---- state, owned by the engine thread
     status: Status = Status.WAITING
     out: list[int] = field(default_factory=list)  # generated token ids
+    out_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)  # per out token, if asked
+    sampled_logprob: tuple[float, list[tuple[int, float]]] | None = None  # the last sampled token's, until kept
+    sent: int = 0  # tokens of ``out`` whose text has been sent
     text: str = ""  # detokenized output sent so far
     length: int = 0  # tokens in this request's cache
     reuse: ReuseInfo | None = None  # how its prefill shared (set when the prefill ends)

@@ -110,14 +110,39 @@ class ModelRunner:
     # ------------------------------------------------------------------ sampling
     @staticmethod
     def sample(r: Request, logits: torch.Tensor) -> int:
-        if r.temperature < 1e-4:  # greedy (also for temperatures so small that they overflow)
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits.double() / r.temperature, dim=-1)
-        if not torch.isfinite(probs).all() or probs.sum() <= 0:
-            return int(torch.argmax(logits))
-        if r.top_p < 1.0:
-            sp, si = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sp, 0) - sp < r.top_p
-            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-            probs = probs / probs.sum()
-        return int(torch.multinomial(probs, 1, generator=r.rng))
+        """The next token of ``r``: under its grammar if it has one (disallowed tokens at -inf before
+        temperature and top-p), with its log-probability noted when the client asked for them."""
+        if r.constraint is not None:
+            logits = r.constraint.mask(logits)
+        tok = _draw(r, logits)
+        if r.logprobs is not None:
+            r.sampled_logprob = _logprob(logits, tok, r.logprobs)
+        if r.constraint is not None:
+            r.constraint.advance(tok)
+        return tok
+
+
+def _draw(r: Request, logits: torch.Tensor) -> int:
+    if r.temperature < 1e-4:  # greedy (also for temperatures so small that they overflow)
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.double() / r.temperature, dim=-1)
+    if not torch.isfinite(probs).all() or probs.sum() <= 0:
+        return int(torch.argmax(logits))
+    if r.top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < r.top_p
+        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=r.rng))
+
+
+def _logprob(logits: torch.Tensor, tok: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability and the ``top`` most likely tokens', from the model's
+    distribution at temperature 1 (after a grammar's mask, as vLLM reports processed logprobs)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    alts: list[tuple[int, float]] = []
+    if top:
+        vals, idx = torch.topk(lp, top)
+        alts = [(int(i), float(v)) for i, v in zip(idx, vals) if torch.isfinite(v)]
+    chosen = float(lp[tok])
+    return (chosen if chosen > -9999.0 else -9999.0), alts  # JSON has no -inf; OpenAI writes -9999.0

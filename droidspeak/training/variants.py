@@ -26,6 +26,7 @@ from ..errors import DroidspeakError
 from ..models import BASE_NAME, load_model, shipped_variants
 from ..paths import REPO_DIR, adapters_dir
 from ..quality import score
+from ..stats import mean_ci, paired_diff_ci
 from .adapters import AdapterKind, invocation_tokens, save_half, train_adapter
 
 
@@ -191,12 +192,17 @@ def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: i
             rec[f"{key}_answer"] = a
         per_row.append(rec)
     mean = lambda k: round(sum(x[k] for x in per_row) / max(1, len(per_row)), 4)  # noqa: E731
+    col = lambda k: [x[k] for x in per_row]  # noqa: E731
     return {
         "task": r.task, "metric": metric, "rows": len(per_row), "base": r.parent, "variants": names,
         "scores": {k: mean(k) for k in models},
+        "intervals": {k: mean_ci(col(k)).to_dict() for k in models},  # 95% bootstrap over rows
+        "minus_base": {k: paired_diff_ci(col(k), col("base")).to_dict() for k in names},  # paired, same rows
+        "seed": seed,
         "variant": names[0], "variant_score": mean(names[0]), "base_score": mean("base"),
         "min_tokens": min(x["tokens"] for x in per_row), "max_tokens": max(x["tokens"] for x in per_row),
         "command": "droidspeak variants eval " + " ".join(shlex.quote(x) for x in names) + f" --n {n}"
+                   + (f" --seed {seed}" if seed else "")
                    + (f" --min-tokens {lengths[0]} --max-tokens {lengths[1]}" if lengths != (1024, 4096) else ""),
         "per_row": per_row,
     }
