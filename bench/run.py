@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import same_recipe, trained_with, variant_kinds
 
+from droidspeak.stats import paired_ratio_ci
+
 ROOT = Path(__file__).resolve().parent.parent
 RES = ROOT / "bench" / "results"
 PY = sys.executable
@@ -122,12 +124,15 @@ def summary(mode: str, command: str) -> dict:
                                    "capture, held-out rows of its task at ~4K tokens (mean over activated variants); "
                                    "agreement: the share of rows whose answers are identical (min over variants)")
         out["exact_command"] = ex["command"]
-    ratios, unfair = {}, {}
+    ratios, unfair, cis, rows = {}, {}, {}, {}
     for f in sorted(RES.glob("variants_*.json")):
         v = json.loads(f.read_text())
         lora, alora, _ = variant_kinds(v["variants"])
-        if lora and alora and v["scores"].get(lora):
+        if lora and alora and v["scores"].get(lora) and v["rows"] > rows.get(v["task"], 0):  # the most rows of a task
+            rows[v["task"]] = v["rows"]
             ratios[v["task"]] = v["scores"][alora] / v["scores"][lora]
+            q = paired_ratio_ci([x[alora] for x in v["per_row"]], [x[lora] for x in v["per_row"]])
+            cis[v["task"]] = q.to_dict() | {"context_tokens": [v["min_tokens"], v["max_tokens"]]} if q else None
             own, ref = trained_with(lora), trained_with(alora)
             if (own or ref) and not same_recipe(own, ref):
                 said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
@@ -138,8 +143,10 @@ def summary(mode: str, command: str) -> dict:
     if ratios:
         out["exact_quality_vs_lora"] = sum(ratios.values()) / len(ratios)
         out["exact_quality_vs_lora_by_task"] = ratios
+        out["exact_quality_vs_lora_ci95_by_task"] = cis  # paired bootstrap over the same rows
         out["exact_quality_definition"] = ("held-out quality of the activated variant over the standard LoRA's, same "
-                                           "rows, same training data and steps (mean over tasks; "
+                                           "rows, same training data and steps (mean over tasks, each from its "
+                                           "evaluation with the most rows; "
                                            "exact_quality_vs_lora_caveats names "
                                            "any task whose standard LoRA came from another recipe)")
     fl = _load("fleet_load.json")
