@@ -51,12 +51,29 @@ def _metric(url, name, **labels):
     return total
 
 
+def _written(r, disk_dir, timeout=60.0):
+    """Wait for the background writer: the context indexed in Redis (its index goes last) and nothing
+    more arriving in either tier for a moment."""
+    import time
+
+    seen, t0 = None, time.time()
+    while time.time() - t0 < timeout:
+        now = (len(list(r.scan_iter("ds1:*"))), len(list(disk_dir.glob("*/*.st"))))
+        if now == seen and any(b":idx:" in k for k in r.scan_iter("ds1:*")):
+            return
+        seen = now
+        time.sleep(0.5)
+    raise AssertionError(f"the writer did not finish in {timeout}s: {seen}")
+
+
 def _damage_all(redis_url, disk_dir, seed=0):
-    """Truncate, bit-flip or swap every K/V and E entry in Redis and on disk (manifests stay)."""
+    """Truncate, bit-flip or swap every K/V and E entry in Redis and on disk (manifests stay), once the
+    writer has put them there."""
     import redis
 
     rng = random.Random(seed)
     r = redis.Redis.from_url(redis_url)
+    _written(r, disk_dir)
     keys = [k for k in r.scan_iter("ds1:*") if b":kv:" in k or b":e:" in k]
     vals = {k: r.get(k) for k in keys}
     for i, k in enumerate(keys):
