@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
-from serve_load import start_server  # noqa: E402
+from serve_load import start_server, stream_chunks, ttft_stats  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
 
@@ -56,16 +56,12 @@ def turn(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
     first, text, usage = None, [], {}
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=1800) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            d = json.loads(line[6:])
-            if d.get("choices") and d["choices"][0]["delta"].get("content"):
-                first = first or time.time()
-                text.append(d["choices"][0]["delta"]["content"])
-            if d.get("usage"):
-                usage = d["usage"]
+    for d in stream_chunks(url, body, 1800):
+        if d.get("choices") and d["choices"][0]["delta"].get("content"):
+            first = first or time.time()
+            text.append(d["choices"][0]["delta"]["content"])
+        if d.get("usage"):
+            usage = d["usage"]
     end = time.time()
     return {"model": model, "ttft_s": (first or end) - t0, "e2e_s": end - t0, "start": t0, "end": end,
             "text": "".join(text), "prompt_tokens": usage.get("prompt_tokens", 0),
@@ -99,13 +95,7 @@ def run_rate(url: str, docs: list, rate: float, seed: int) -> list[dict]:
 
 
 def summarize(reqs: list[dict], slo: float) -> dict:
-    ttft = sorted(r["ttft_s"] for r in reqs)
-    q = lambda p: ttft[min(len(ttft) - 1, int(round(p * (len(ttft) - 1))))]  # noqa: E731
-    span = max(r["end"] for r in reqs) - min(r["start"] for r in reqs)
-    met = sum(t <= slo for t in ttft)
-    return {"requests": len(reqs), "requests_per_s": len(reqs) / span, "makespan_s": span,
-            "ttft_p50_s": q(0.5), "ttft_p95_s": q(0.95), "ttft_mean_s": statistics.mean(ttft),
-            "slo_attainment": met / len(ttft), "goodput_rps": met / span,
+    return ttft_stats(reqs, slo, (50, 95)) | {
             "cached_fraction": sum(r["cached_tokens"] for r in reqs) / max(1, sum(r["prompt_tokens"] for r in reqs)),
             "per_role_ttft_p50_s": {role: statistics.median(r["ttft_s"] for r in reqs if r["role"] == role)
                                     for role in dict.fromkeys(r["role"] for r in reqs)}}

@@ -18,7 +18,6 @@ Measured side by side in one run on this machine (the issue's goals, as ratios):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
-from serve_load import start_server  # noqa: E402
+from serve_load import start_server, stream_chunks  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
 VARIANTS = ["smollm2-qa-alora", "smollm2-code-alora", "smollm2-toolcall-alora"]
@@ -97,15 +96,11 @@ def chat(url: str, model: str, context: str, q: str, max_tokens: int, stream: bo
     if not stream:
         return httpx.post(url + "/v1/chat/completions", json=body, timeout=900).json()
     out = None
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            d = json.loads(line[6:])
-            if d.get("choices") and d["choices"][0]["delta"].get("content"):
-                times.append(time.perf_counter())
-            if d.get("droidspeak"):
-                out = d
+    for d in stream_chunks(url, body, 900):
+        if d.get("choices") and d["choices"][0]["delta"].get("content"):
+            times.append(time.perf_counter())
+        if d.get("droidspeak"):
+            out = d
     return out
 
 

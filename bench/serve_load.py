@@ -125,13 +125,27 @@ def run_rate(url: str, models: list[str], contexts: list[tuple[str, list[str]]],
     return out
 
 
-def summarize(reqs: list[dict], slo: float) -> dict:
+def stream_chunks(url: str, body: dict, timeout: float):
+    """The parsed chunks of a streamed chat completion (``body`` with ``"stream": True``)."""
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=timeout) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line[6:])
+
+
+def ttft_stats(reqs: list[dict], slo: float, percentiles: tuple[int, ...]) -> dict:
+    """Requests/s over the makespan, TTFT percentiles (``ttft_pNN_s``) and mean, the share within the
+    TTFT SLO and those requests per second (goodput), over requests with ``ttft_s``, ``start``, ``end``."""
     ttft = sorted(r["ttft_s"] for r in reqs)
-    q = lambda p: ttft[min(len(ttft) - 1, int(round(p * (len(ttft) - 1))))]  # noqa: E731
     span = max(r["end"] for r in reqs) - min(r["start"] for r in reqs)
+    met = sum(t <= slo for t in ttft)
     return {"requests": len(reqs), "requests_per_s": len(reqs) / span, "makespan_s": span,
-            "ttft_p50_s": q(0.5), "ttft_p90_s": q(0.9), "ttft_p99_s": q(0.99), "ttft_mean_s": statistics.mean(ttft),
-            "slo_attainment": sum(t <= slo for t in ttft) / len(ttft),
+            **{f"ttft_p{p}_s": ttft[min(len(ttft) - 1, int(round(p / 100 * (len(ttft) - 1))))] for p in percentiles},
+            "ttft_mean_s": statistics.mean(ttft), "slo_attainment": met / len(ttft), "goodput_rps": met / span}
+
+
+def summarize(reqs: list[dict], slo: float) -> dict:
+    return ttft_stats(reqs, slo, (50, 90, 99)) | {
             "e2e_p50_s": statistics.median(r["e2e_s"] for r in reqs),
             "cached_tokens_mean": statistics.mean(r["cached_tokens"] for r in reqs),
             "per_model_ttft_p50_s": {m: statistics.median(r["ttft_s"] for r in reqs if r["model"] == m)
