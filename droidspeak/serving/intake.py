@@ -5,8 +5,8 @@ The conversation becomes chat turns the family's template renders: text content 
 a newline, ``developer`` as ``system``, an earlier assistant call written as the model writes one,
 a tool result as a ``tool`` turn where the template renders that role and as a user turn where it
 does not (Gemma 3's strict alternation). What the answer must be (tools it may call, a JSON format)
-is appended to the last *user* turn (:mod:`.tools`), so the document before it and every turn of an
-agent's earlier exchanges stay one shared prefix, whatever tools each request offers.
+is appended to the last turn answered, a user's or a tool result (:mod:`.tools`), so the document and
+every earlier turn stay one shared prefix, whatever tools each request offers.
 """
 
 from __future__ import annotations
