@@ -73,6 +73,32 @@ def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tok
 
 
+def summarize_dir(path: Path) -> tuple[Any, WeightSummary]:
+    """``(family, weight summary)`` of a safetensors model directory from its files, without building the
+    model: what another engine serving that directory (vLLM) keys its caches by. Equal to what loading the
+    directory gives (a tied output head is the embedding, as in the module's state dict)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise WeightFileError(f"no .safetensors weights in {path} (pickled .bin weights are refused)")
+    state: dict[str, torch.Tensor] = {}
+    for w in weights:
+        state.update(_load_tensors(w))
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        family = fingerprint(config, tokenizer_hash(tok))
+    except Exception as e:
+        raise WeightFileError(f"cannot read the model in {path}: {str(e).splitlines()[0]}") from None
+    tied = getattr(config.get_text_config(decoder=True), "tie_word_embeddings", False)
+    embed = next((k for k in state if k.endswith("embed_tokens.weight")), None)
+    if tied and embed is not None and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state[embed]
+    digest_embed, layers = ident.layer_digests(state, family.num_layers)
+    return family, WeightSummary(ident.tensors_digest(state), digest_embed, layers)
+
+
 # --------------------------------------------------------------------------- bases and full models
 _BASE_CACHE: dict[tuple[str, torch.dtype], LoadedModel] = {}
 
@@ -107,12 +133,13 @@ _IDENTITY_KEYS_IF_SET = ("layers_to_transform", "layers_pattern", "alora_invocat
                          "alpha_pattern")
 
 
-def adapter_summary(adapter_dir: Path, base: WeightSummary) -> WeightSummary:
-    """Identity and weight summary of base + adapter, from the adapter's files (no model needed)."""
+def adapter_summary(adapter_dir: Path, base: WeightSummary, config: dict[str, Any] | None = None) -> WeightSummary:
+    """Identity and weight summary of base + adapter, from the adapter's files (no model needed); ``config``
+    stands for its ``adapter_config.json`` where the caller read (and mended) that already."""
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise WeightFileError(f"no adapter_model.safetensors in {adapter_dir} (pickled adapters are refused)")
-    return summarize_adapter(_load_tensors(weights), _adapter_config(adapter_dir), base)
+    return summarize_adapter(_load_tensors(weights), config if config is not None else _adapter_config(adapter_dir), base)
 
 
 def summarize_adapter(tensors: dict[str, torch.Tensor], cfg: dict[str, Any], base: WeightSummary) -> WeightSummary:

@@ -79,6 +79,7 @@ class Context:
     num_layers: int
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> K, V: [1, kv_heads, >= n, head_dim]
     e: dict[int, torch.Tensor]  # layer -> E: [1, >= n, hidden]
+    ids: list[int] | None = None  # whole: every token of it, the tail after the last full block included
 
 
 class CacheStore:
@@ -108,23 +109,28 @@ class CacheStore:
 
     def put_context(self, family: FamilyFingerprint, producer: WeightSummary, token_ids: list[int] | tuple[int, ...],
                     num_layers: int, kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                    e: dict[int, torch.Tensor]) -> int:
+                    e: dict[int, torch.Tensor], whole: bool = False) -> int:
         """Store the block-aligned part of a context whose ``producer`` computed ``kv(layer)`` (K, V:
         ``[1, kv_heads, >= n, head_dim]``) and ``e`` (``[1, >= n, hidden]``): into the in-process tier at
         once, into the byte tiers now or (``write_behind``) by the writer.
+
+        With ``whole``, the byte tiers keep every token, the tail after the last full block too, and the
+        manifest lists the tokens, so :meth:`lookup_prefix` can serve any prefix of it to the token (another
+        engine whose receivers cannot compute the tail as their producer would: vLLM's activated adapters).
 
         Returns the number of tokens stored (0 when too short or when a write failed: then nothing is
         indexed, so nothing half-written can be found).
         """
         chains = chain_hashes(token_ids, self.block)
-        n = len(chains) * self.block
-        if n == 0:
+        n = len(token_ids) if whole and self.backend is not None else len(chains) * self.block
+        if not chains:
             return 0
         stored = 0
         if self.blocks is not None:
             stored = self.blocks.put(family.digest, producer, chains, num_layers, kv, e) * self.block
         if self.backend is not None:
-            ctx = Context(family, producer, chains, num_layers, {layer: kv(layer) for layer in range(num_layers)}, e)
+            ctx = Context(family, producer, chains, num_layers, {layer: kv(layer) for layer in range(num_layers)}, e,
+                          [int(t) for t in token_ids] if whole else None)
             if self.writer is None:
                 stored = max(stored, self._write(ctx))
             else:
@@ -162,7 +168,7 @@ class CacheStore:
 
     def _write(self, c: Context) -> int:
         """One context's entries, then its manifest, then its index keys (a failed write indexes nothing)."""
-        n = len(c.chains) * self.block
+        n = len(c.ids) if c.ids is not None else len(c.chains) * self.block
         fam, snd, last = c.family.digest, c.producer.identity, c.chains[-1]
         e_layers = sorted(c.e)
         ok = True
@@ -180,6 +186,8 @@ class CacheStore:
         manifest = {"version": FORMAT_VERSION, "family": fam, "sender": snd, "tokens": n, "chain": last,
                     "num_layers": c.num_layers, "e_layers": e_layers, "fmt": self.fmt, "created": time.time(),
                     "producer": c.producer.to_dict()}
+        if c.ids is not None:
+            manifest["ids"] = c.ids
         ok = self.backend.put(self.keys.manifest(fam, snd, last), json.dumps(manifest).encode())
         mkey = self.keys.manifest(fam, snd, last).encode()
         for ch in c.chains:
@@ -260,6 +268,31 @@ class CacheStore:
         self.stats.bump("lookups")
         self.stats.bump("lookup_hits" if hits else "lookup_misses")
         return sorted(hits.values(), key=lambda h: -h.tokens)
+
+    def lookup_prefix(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...], sender: str,
+                      num_layers: int | None = None) -> Hit | None:
+        """The longest prefix of ``token_ids``, to the token, that ``sender`` stored in the byte tiers: the
+        deepest stored block boundary, then as many more tokens as the context stored there (``whole``) has
+        equal to these. None when not even one block is stored."""
+        if self.backend is None:
+            return None
+        fam = family.digest
+        chains = chain_hashes(token_ids, self.block)
+        if not chains:
+            return None
+        if self.writer is not None:
+            self._await_pending(fam, chains[0])
+        hits = self._lookup_shared(fam, chains, [sender], num_layers, None)
+        if not hits:
+            return None
+        h = hits[0]
+        man = self._manifest(self.keys.manifest(fam, sender, h.chain).encode(), fam, sender, num_layers)
+        ids = man.get("ids") if man is not None else None
+        n = h.tokens
+        if isinstance(ids, list) and len(ids) == h.stored_tokens:
+            while n < min(len(token_ids), len(ids)) and ids[n] == token_ids[n]:
+                n += 1
+        return Hit(h.sender, n, h.chain, h.stored_tokens, h.num_layers, h.e_layers, h.producer)
 
     def _lookup_shared(self, fam: str, chains: list[str], senders: list[str] | None, num_layers: int | None,
                        refused: list[str] | None) -> list[Hit]:
