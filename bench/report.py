@@ -544,6 +544,54 @@ def seal_section() -> list[str]:
     return out + [""]
 
 
+def vllm_section() -> list[str]:
+    out = ["## Inside vLLM: the droidspeak connector against vLLM alone", ""]
+    a, f = _load("vllm_alora.json"), _load("vllm_fleet.json")
+    if not a and not f:
+        return out + ["(not measured yet: `make bench-vllm`, `.venv/bin/python bench/vllm_fleet.py`)", ""]
+    if a:
+        o, c = a["vllm_own"], a["vllm_connector"]
+        out += [f"An activated variant ({a['variant']}) in vLLM {a['machine'].get('vllm')} (CPU build, fp32, prefix "
+                f"caching on), one {a['prompt_tokens']}-token prompt, activation point at token {a['activation_at']}; "
+                f"TTFT of a one-token request alone on the engine; on {a['machine']['cpu']}, {a['date']}. "
+                f"Command: `{a['command']}` (in `.venv-vllm`).", "",
+                "| | base's own prefill | the variant's TTFT | the variant again (vLLM's prefix cache) "
+                "| 16-token answer equals PEFT's |", "|---|---|---|---|---|",
+                f"| vLLM alone (the variant as a plain LoRA) | {o['base_ttft_s']:.2f}s | {o['variant_ttft_s']:.2f}s | "
+                f"{o['variant_again_ttft_s']:.2f}s | {'yes' if a['own_answer_equals_peft'] else 'no'} |",
+                f"| vLLM + droidspeak connector ({c['loaded_tokens']} tokens loaded) | {c['base_ttft_s']:.2f}s | "
+                f"{c['variant_ttft_s']:.3f}s | {c['variant_again_ttft_s']:.3f}s | "
+                f"{'yes' if a['connector_answer_equals_peft'] else 'no'} |", "",
+                f"The variant's TTFT with the connector over its own prefill in vLLM: "
+                f"**{a['vllm_alora_ttft_gain_with_connector']:.0f}x**; over the base's own prefill "
+                f"{a['vllm_alora_ttft_gain_vs_base_prefill']:.1f}x.", ""]
+    if f:
+        out += [f"The agentic fleet (eight agents in turn over one {f['tokens']}-token document, {f['workflows']} "
+                f"workflows arriving at {f['rate']}/s, TTFT SLO {f['slo_s']}s), each server alone on this machine in "
+                f"turn, {f['date']}. Command: `{f['command']}`.", "",
+                "| server | requests/s | TTFT p50 | TTFT p95 | within SLO | goodput (req/s at SLO) |",
+                "|---|---|---|---|---|---|"]
+        labels = {"vllm_lora": "vLLM, standard LoRAs, prefix caching", "vllm_connector":
+                  "vLLM + connector, the fleet's variants (activated ones primed by the base)",
+                  "droidspeak": "droidspeak serve, the fleet's variants"}
+        for m, s in f["modes"].items():
+            out.append(f"| {labels.get(m, m)} | {s['requests_per_s']:.3f} | {s['ttft_p50_s']:.2f}s | "
+                       f"{s['ttft_p95_s']:.2f}s | {s['slo_attainment']:.0%} | {s['goodput_rps']:.3f} |")
+        for m, g in (f.get("fleet_gain_vs_vllm") or {}).items():
+            gp = f"{g['goodput']:.1f}x" if g.get("goodput") is not None else "n/a (vLLM met the SLO for none)"
+            out.append(f"\n{labels.get(m, m)} over vLLM with standard LoRAs: goodput {gp}, p50 TTFT "
+                       f"{g['p50_ttft']:.1f}x lower, p95 {g['p95_ttft']:.1f}x lower, requests/s {g['requests_per_s']:.2f}x.")
+        out.append("")
+    return out
+
+
+def _vllm_gain(r: dict) -> str:
+    g = (r.get("fleet_gain_vs_vllm") or {}).get("droidspeak")
+    if not g:
+        return "n/a"
+    return f"{g['goodput']:.1f}x" if g.get("goodput") is not None else "vLLM met the SLO for none"
+
+
 def summary_section() -> list[str]:
     r = _load("summary.json")
     out = ["## Summary (bench/results/summary.json)", ""]
@@ -579,7 +627,12 @@ def summary_section() -> list[str]:
             "| fleet throughput gain at the TTFT SLO (base + activated variants) | "
             + (f"{f('fleet_throughput_gain_at_slo')}x" if r.get("fleet_throughput_gain_at_slo") is not None
                else r.get("fleet_throughput_gain_at_slo_note", "n/a"))
-            + f" (requests/s: {f('fleet_throughput_gain')}x) | - | see the fleet table |", ""]
+            + f" (requests/s: {f('fleet_throughput_gain')}x) | - | see the fleet table |",
+            f"| activated variant in vLLM: TTFT with the droidspeak connector over its own prefill | "
+            f"{f('vllm_alora_ttft_gain_with_connector', '{:.0f}')}x | >= 50x | "
+            f"{met('vllm_alora_ttft_gain_with_connector', lambda v: v >= 50)} |",
+            "| agentic fleet, droidspeak serve over vLLM with standard LoRAs (goodput at the TTFT SLO) | "
+            + _vllm_gain(r) + " | >= 3x | see the vLLM table |", ""]
     notes = [f"- {k.removesuffix('_note').replace('_', ' ')}: {v}" for k, v in r.items()
              if k.endswith("_note") and k != "fleet_throughput_gain_at_slo_note"]
     if notes:
@@ -697,7 +750,8 @@ def main() -> int:
               + profiles_section() + eval_section()
               + guard_section() + gold_section() + scattered_section() + ttft_peers_section() + serve_section()
               + sensitivity_section() + ttft_section() + gpu_section() + pipeline_section() + aware_section()
-              + formats_section() + toolcalls_section() + grammar_section() + seal_section() + refactor_section())
+              + formats_section() + toolcalls_section() + grammar_section() + seal_section() + vllm_section()
+              + refactor_section())
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))

@@ -196,6 +196,14 @@ def summary(mode: str, command: str) -> dict:
     if gc:
         out["grammar_overhead_per_token"] = gc["served"]["overhead_fraction"]
         out["grammar_command"] = gc["command"]
+    va = _load("vllm_alora.json")  # make bench-vllm (vLLM's own venv): not run by this script
+    if va:
+        out.update({"vllm_alora_ttft_gain_with_connector": va["vllm_alora_ttft_gain_with_connector"],
+                    "vllm_alora_connector_answer_equals_peft": va["connector_answer_equals_peft"],
+                    "vllm_alora_command": va["command"]})
+    vf = _load("vllm_fleet.json")
+    if vf and vf.get("fleet_gain_vs_vllm"):
+        out.update({"fleet_gain_vs_vllm": vf["fleet_gain_vs_vllm"], "vllm_fleet_command": vf["command"]})
     return out
 
 

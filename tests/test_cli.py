@@ -12,7 +12,7 @@ def _run(*args, env=None):
 
 
 @pytest.mark.parametrize("cmd", [[], ["models"], ["compat"], ["reuse"], ["study"], ["variants"], ["data"], ["demo"],
-                                 ["variants", "train"], ["variants", "eval"],
+                                 ["variants", "train"], ["variants", "eval"], ["variants", "export-vllm"],
                                  ["profile"], ["eval"], ["store-server"], ["serve"], ["prefill"], ["answer"]])
 def test_help(cmd):
     r = _run(*cmd, "--help")

@@ -18,7 +18,7 @@ LAYERS = [
     {"core"},
     {"store"},
     {"sharing"},
-    {"profiling", "serving", "training"},
+    {"integrations", "profiling", "serving", "training"},
     {"harness"},
     {"testing"},
     {"cli", "__init__", "__main__"},

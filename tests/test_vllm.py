@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,12 +20,9 @@ DOC = " ".join(f"Fact {i}: the code of item {i} is {i * 7919 % 10007}." for i in
 
 
 def _vllm(tmp: Path, name: str, spec: dict) -> list[dict]:
-    spec_file, out = tmp / f"{name}.json", tmp / f"{name}.out.json"
-    spec_file.write_text(json.dumps(spec))
-    p = subprocess.run([sys.executable, "-m", "droidspeak.integrations.vllm.run", str(spec_file), str(out)],
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(out.read_text())
+    from droidspeak.integrations.vllm.run import spawn
+
+    return spawn(spec, tmp, name, timeout_s=900)
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +126,17 @@ def test_a_base_of_other_weights_loads_nothing(world, node1):
     save_file(w, str(other / "model.safetensors"), metadata={"format": "pt"})
     (base,) = _vllm(world["tmp"], "other", _spec(world, world["store"], (None, "B"), model=str(other)))
     assert base["cached"] == 0
+
+
+def test_two_nodes_share_through_a_sealed_redis(world, redis_server, monkeypatch):
+    """Node one (the base) and node two (the activated variant), each its own vLLM, share a Redis with the
+    deployment's store secret; a third node under another secret finds nothing it could open."""
+    store = redis_server.url
+    monkeypatch.setenv("DROIDSPEAK_STORE_SECRET", "a-deployment-secret-of-32-bytes!")
+    (base,) = _vllm(world["tmp"], "redis1", _spec(world, store, (None, "B")))
+    (alora,) = _vllm(world["tmp"], "redis2", _spec(world, store, ("qa-alora", "A2")))
+    assert base["cached"] == 0 and alora["cached"] == world["act"]
+    assert alora["tokens"] == _peft(world, "qa-alora", "A2")
+    monkeypatch.setenv("DROIDSPEAK_STORE_SECRET", "another-deployment-secret-32-byte")
+    (other,) = _vllm(world["tmp"], "redis3", _spec(world, store, ("qa-alora", "A2")))
+    assert other["cached"] == 0

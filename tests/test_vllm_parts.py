@@ -126,3 +126,21 @@ def test_exported_activated_adapter_keeps_its_identity(tmp_path, smol_base):
     assert served.kind == "alora" and served.weights == adapter_summary(src, base)
     plain = served_adapter(export_for_vllm(adapters_dir() / "smollm2-qa", tmp_path / "qa"), base)
     assert plain.kind == "lora" and plain.activation is None
+
+
+def test_export_command_writes_what_vllm_loads_and_refuses_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from droidspeak.paths import adapters_dir
+
+    if not (adapters_dir() / "smollm2-qa-alora").is_dir():
+        pytest.skip("smollm2-qa-alora is not shipped")
+    run = [sys.executable, "-m", "droidspeak", "variants", "export-vllm"]
+    ok = subprocess.run([*run, "smollm2-qa-alora", "--out", str(tmp_path / "a"), "--json"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["activated"] is True
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    bad = subprocess.run([*run, str(tmp_path / "nothing"), "--out", str(tmp_path / "b")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -43,7 +43,23 @@ def cmd_variants(args: argparse.Namespace) -> int:
              + "".join(f"\n  {k} - base (paired): {v['value']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
                        for k, v in res["minus_base"].items()))
         return 0
-    raise DroidspeakError("use: droidspeak variants {list,train,eval}")
+    if args.variants_cmd == "export-vllm":
+        from ..integrations.vllm.adapters import export_for_vllm
+        from ..models import registry
+
+        spec = registry().get(args.name)
+        src = spec.path if spec is not None and spec.path is not None else Path(args.name)
+        if not (src / "adapter_config.json").is_file():
+            raise DroidspeakError(f"'{args.name}' is neither a shipped variant nor an adapter folder")
+        out = export_for_vllm(src, Path(args.out))
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        activated = "droidspeak_alora_invocation_tokens" in cfg
+        emit(args, {"adapter": str(out), "activated": activated},
+             f"wrote {out}: " + ("an activated adapter; served by vLLM with the droidspeak connector it keeps its own "
+                                 "semantics (the base's cache before its invocation)" if activated else
+                                 "a plain LoRA (vLLM serves it as it is)"))
+        return 0
+    raise DroidspeakError("use: droidspeak variants {list,train,eval,export-vllm}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -78,6 +94,12 @@ def register(add) -> None:
     ve.add_argument("--seed", type=int, default=0, help="which held-out rows (recorded in the result)")
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
     ve.add_argument("--json", action="store_true")
+
+    vx = vsub.add_parser("export-vllm", help="write an adapter as vLLM loads it (an activated one keeps its invocation "
+                                             "for the droidspeak connector)")
+    vx.add_argument("name", help="a shipped variant's name or an adapter folder")
+    vx.add_argument("--out", required=True, help="the folder to write (give it to vllm serve --lora-modules NAME=DIR)")
+    vx.add_argument("--json", action="store_true")
 
     sp = add("data", "generate task rows as JSONL (context, prompt, reference)", cmd_data)
     sp.add_argument("--task", required=True, choices=["qa", "code", "toolcall", "summary"])

@@ -156,23 +156,27 @@ class DroidspeakConnector(KVConnectorBase_V1):
             act = activation_point(ids, who.activation)
             if act is None or act <= num_computed_tokens:
                 return 0, False
-            want, sender = act, self.base.identity
             if exactness(self.base, who.weights).kind != ExactKind.ACTIVATED:
                 return 0, False
+            looked, sender = ids[:act], self.base.identity
         else:
-            want, sender = len(ids) - 1, who.weights.identity  # one token is computed: it makes the first logits
+            looked, sender = ids, who.weights.identity
         try:
-            hit = self.store.lookup_prefix(self.family, ids[:want], sender, num_layers=self.family.num_layers)
+            hit = self.store.lookup_prefix(self.family, looked, sender, num_layers=self.family.num_layers)
         except Exception as e:  # noqa: BLE001 - a store fault is a miss
             log.warning("droidspeak connector: store lookup failed (%s); vLLM computes the prompt", e)
             return 0, False
-        if who.kind != "alora":
-            self._stored[request.request_id] = hit.tokens if hit is not None else 0
-        if hit is None or hit.tokens <= num_computed_tokens or (who.kind == "alora" and hit.tokens != want):
+        stored = hit.tokens if hit is not None else 0
+        if who.kind == "alora":
+            end = act if stored == act else 0  # exactly every token before the activation point, or none
+        else:
+            self._stored[request.request_id] = stored  # the whole prompt stored: nothing to save afterwards
+            end = min(stored, len(ids) - 1)  # one token is computed: it makes the first logits
+        if end <= num_computed_tokens:
             return 0, False
         self._planned[request.request_id] = Load(request.request_id, hit.sender, hit.chain, hit.stored_tokens,
-                                                 num_computed_tokens, hit.tokens, [], [])
-        return hit.tokens - num_computed_tokens, False
+                                                 num_computed_tokens, end, [], [])
+        return end - num_computed_tokens, False
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         plan = self._planned.pop(request.request_id, None)

@@ -13,8 +13,10 @@ last token). Requests run one at a time. vLLM spawns its engine process, hence t
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def run(spec: dict) -> list[dict]:
@@ -46,6 +48,18 @@ def run(spec: dict) -> list[dict]:
                     "cached": int(res.num_cached_tokens or 0), "prompt": len(r["ids"]),
                     "seconds": time.perf_counter() - t0})
     return out
+
+
+def spawn(spec: dict, workdir: Path, name: str, timeout_s: float = 1800) -> list[dict]:
+    """:func:`run` in a process of its own (one vLLM instance, gone when it returns); a failure raises with the
+    end of its stderr."""
+    spec_file, out = workdir / f"{name}.json", workdir / f"{name}.out.json"
+    spec_file.write_text(json.dumps(spec))
+    p = subprocess.run([sys.executable, "-m", "droidspeak.integrations.vllm.run", str(spec_file), str(out)],
+                       capture_output=True, text=True, timeout=timeout_s)
+    if p.returncode != 0:
+        raise RuntimeError(f"vLLM run '{name}' failed: {p.stderr[-3000:]}")
+    return json.loads(out.read_text())
 
 
 def main(argv: list[str]) -> int:
