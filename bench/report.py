@@ -546,8 +546,9 @@ def seal_section() -> list[str]:
 
 def vllm_section() -> list[str]:
     out = ["## Inside vLLM: the droidspeak connector against vLLM alone", ""]
-    a, f = _load("vllm_alora.json"), _load("vllm_fleet.json")
-    if not a and not f:
+    a = _load("vllm_alora.json")
+    fleets = [json.loads(p.read_text()) for p in sorted(RES.glob("vllm_fleet*.json"))]
+    if not a and not fleets:
         return out + ["(not measured yet: `make bench-vllm`, `.venv/bin/python bench/vllm_fleet.py`)", ""]
     if a:
         o, c = a["vllm_own"], a["vllm_connector"]
@@ -565,7 +566,7 @@ def vllm_section() -> list[str]:
                 f"The variant's TTFT with the connector over its own prefill in vLLM: "
                 f"**{a['vllm_alora_ttft_gain_with_connector']:.0f}x**; over the base's own prefill "
                 f"{a['vllm_alora_ttft_gain_vs_base_prefill']:.1f}x.", ""]
-    if f:
+    for f in fleets:
         out += [f"The agentic fleet (eight agents in turn over one {f['tokens']}-token document, {f['workflows']} "
                 f"workflows arriving at {f['rate']}/s, TTFT SLO {f['slo_s']}s), each server alone on this machine in "
                 f"turn, {f['date']}. Command: `{f['command']}`.", "",

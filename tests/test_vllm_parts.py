@@ -144,3 +144,25 @@ def test_export_command_writes_what_vllm_loads_and_refuses_in_one_line(tmp_path)
     bad = subprocess.run([*run, str(tmp_path / "nothing"), "--out", str(tmp_path / "b")], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_untested_vllm_or_none_is_one_line(monkeypatch):
+    import sys
+    import types
+
+    from droidspeak.errors import DroidspeakError
+    from droidspeak.integrations import vllm as integration
+
+    fake = {name: types.ModuleType(name) for name in
+            ("vllm", "vllm.distributed", "vllm.distributed.kv_transfer", "vllm.distributed.kv_transfer.kv_connector",
+             "vllm.distributed.kv_transfer.kv_connector.v1", "vllm.distributed.kv_transfer.kv_connector.v1.base")}
+    fake["vllm"].__version__ = "0.99.0"
+    fake["vllm.distributed.kv_transfer.kv_connector.v1.base"].KVConnectorBase_V1 = object
+    for name, mod in fake.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    with pytest.raises(DroidspeakError, match="tested with vLLM 0.32.0, not 0.99.0") as e:
+        integration.DroidspeakConnector  # noqa: B018 - what vLLM does: getattr on the module
+    assert "\n" not in str(e.value)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed
+    with pytest.raises(DroidspeakError, match="make setup-vllm"):
+        integration.check_vllm()

@@ -114,6 +114,13 @@ class DroidspeakConnector(KVConnectorBase_V1):
                                 write_behind=int(extra.get("write_behind", 0)) if role == KVConnectorRole.WORKER else 0)
         self.family, self.base = summarize_dir(Path(vllm_config.model_config.model))
         self._served: dict[str, Served | None] = {}
+        groups = getattr(kv_cache_config, "kv_cache_groups", None)
+        # one paged cache group, every layer full attention: what the store's entries are (a sliding-window or
+        # hybrid model keeps other groups with other blocks: the connector then moves nothing)
+        self.off = ("the model's layers do not all attend to the whole context" if self.family.attention else
+                    f"{len(groups)} KV cache groups" if groups is not None and len(groups) != 1 else "")
+        if self.off:
+            log.warning("droidspeak connector: %s; it moves nothing (vLLM computes every prompt)", self.off)
         # scheduler side
         self._planned: dict[str, Load] = {}  # req_id -> the load get_num_new_matched_tokens found
         self._stored: dict[str, int] = {}  # req_id -> tokens of its prompt already in the store
@@ -134,6 +141,8 @@ class DroidspeakConnector(KVConnectorBase_V1):
     # ------------------------------------------------------------------ who a request is
     def _who(self, lora_request: Any) -> Served | None:
         """The served model of a request (None: an adapter whose files cannot be read: nothing is shared)."""
+        if self.off:
+            return None
         if lora_request is None:
             return Served(self.base, "base")
         path = str(getattr(lora_request, "lora_path", "") or getattr(lora_request, "path", ""))
@@ -234,6 +243,9 @@ class DroidspeakConnector(KVConnectorBase_V1):
         first = self._caches.get(0)
         self._layout = None if first is None else layout_of(first, self._block, self.family.num_kv_heads,
                                                               self.family.head_dim)
+        if self.off:
+            self._layout = None
+            return
         if self._layout is not None and self._layout.name == "cpu" and self._dtype != torch.float32:
             self._layout = None  # the CPU backend's other kernels (AMX, bf16) may pack K otherwise: not verified
         if self._layout is None or len(self._caches) != self.family.num_layers:
