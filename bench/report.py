@@ -62,6 +62,10 @@ def variants_section() -> list[str]:
         cell = lambda n: (f"{sc[n]:.3f}{ci(n)} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
         q = paired_ratio_ci(col(alora), col(lora)) if lora and alora else None
         ratio = f"{q.value:.2f} [{q.low:.2f}, {q.high:.2f}]" if q else "-"
+        asked = r["command"].split("--n ", 1)[1].split()[0] if "--n " in r["command"] else None
+        if asked and asked.isdigit() and int(asked) > r["rows"]:
+            notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens: {r['rows']} rows of the {asked} "
+                         "asked: the task's held-out split has no more sources of that length (one row per source).")
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
                    f"{sc['base']:.3f} | {cell(lora)} | {cell(alora)} | {cell(top)} | {ratio} | "
                    f"`{r['command']} --out bench/results/{f.name}` |")
@@ -70,7 +74,8 @@ def variants_section() -> list[str]:
                       "column. Every kind is trained by `droidspeak variants train NAME --adapter KIND` with its task's "
                       "rows, contexts (1-4K tokens) and step budget (see each adapter's droidspeak.json), except "
                       "where a mark below says otherwise. In brackets: 95% bootstrap intervals over the rows "
-                      "(`droidspeak.stats`; the ratio's paired, on the same rows).", *([""] + notes if notes else []), ""]
+                      "(`droidspeak.stats`; the ratio's paired, on the same rows).",
+                  *([""] + list(dict.fromkeys(notes)) if notes else []), ""]
 
 
 def exact_section() -> list[str]:
@@ -587,10 +592,9 @@ def vllm_section() -> list[str]:
 
 
 def _vllm_gain(r: dict) -> str:
-    g = (r.get("fleet_gain_vs_vllm") or {}).get("droidspeak")
-    if not g:
-        return "n/a"
-    return f"{g['goodput']:.1f}x" if g.get("goodput") is not None else "vLLM met the SLO for none"
+    parts = [f"{g['droidspeak']['goodput']:.1f}x at {rate} workflows/s" for rate, g in
+             sorted((r.get("fleet_gain_vs_vllm") or {}).items()) if (g.get("droidspeak") or {}).get("goodput")]
+    return ", ".join(parts) or "n/a"
 
 
 def summary_section() -> list[str]:
@@ -632,7 +636,7 @@ def summary_section() -> list[str]:
             f"| activated variant in vLLM: TTFT with the droidspeak connector over its own prefill | "
             f"{f('vllm_alora_ttft_gain_with_connector', '{:.0f}')}x | >= 50x | "
             f"{met('vllm_alora_ttft_gain_with_connector', lambda v: v >= 50)} |",
-            "| agentic fleet, droidspeak serve over vLLM with standard LoRAs (goodput at the TTFT SLO) | "
+            "| agentic fleet, droidspeak serve over vLLM with standard LoRAs (requests/s within the TTFT SLO) | "
             + _vllm_gain(r) + " | >= 3x | see the vLLM table |", ""]
     notes = [f"- {k.removesuffix('_note').replace('_', ' ')}: {v}" for k, v in r.items()
              if k.endswith("_note") and k != "fleet_throughput_gain_at_slo_note"]

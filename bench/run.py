@@ -201,9 +201,11 @@ def summary(mode: str, command: str) -> dict:
         out.update({"vllm_alora_ttft_gain_with_connector": va["vllm_alora_ttft_gain_with_connector"],
                     "vllm_alora_connector_answer_equals_peft": va["connector_answer_equals_peft"],
                     "vllm_alora_command": va["command"]})
-    vf = _load("vllm_fleet.json")
-    if vf and vf.get("fleet_gain_vs_vllm"):
-        out.update({"fleet_gain_vs_vllm": vf["fleet_gain_vs_vllm"], "vllm_fleet_command": vf["command"]})
+    fleets = [json.loads(p.read_text()) for p in sorted(RES.glob("vllm_fleet*.json"))]
+    fleets = [f for f in fleets if f.get("fleet_gain_vs_vllm")]
+    if fleets:  # per arrival rate: each server over vLLM with standard LoRAs
+        out["fleet_gain_vs_vllm"] = {str(f["rate"]): f["fleet_gain_vs_vllm"] for f in fleets}
+        out["vllm_fleet_commands"] = [f["command"] for f in fleets]
     return out
 
 

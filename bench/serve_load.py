@@ -62,15 +62,22 @@ def start_server(models: str, share: bool = True, **env: str) -> tuple[subproces
     env = dict(os.environ, DROIDSPEAK_SHARE="1" if share else "0", DROIDSPEAK_MAX_WAITING="512", **env)
     proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port), "--models", models,
                              "--store", "memory:4GB"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}", "droidspeak serve")
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, what: str, timeout_s: float = 900) -> str:
+    """``url`` once its ``/health`` answers 200; a server that exits or never answers is killed and raised."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode})")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"{what} did not start")
 
 
 def one_request(url: str, model: str, context: str, question: str, max_tokens: int) -> dict:

@@ -32,14 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_fleet import BASE, roles, run_rate, summarize, turn  # noqa: E402
 from common import ROOT, provenance, write_result  # noqa: E402
-from serve_load import _port, start_server  # noqa: E402
+from serve_load import _port, start_server, wait_healthy  # noqa: E402
 
 VPY = ROOT / ".venv-vllm" / "bin" / "python"
 PLAIN = {"qa": "smollm2-qa", "toolcall": "smollm2-toolcall", "code": "smollm2-code"}
@@ -66,17 +64,7 @@ def start_vllm(loras: dict[str, Path], store: str | None, log: Path) -> tuple[su
             "kv_connector": "DroidspeakConnector", "kv_connector_module_path": "droidspeak.integrations.vllm",
             "kv_role": "kv_both", "kv_load_failure_policy": "recompute", "kv_connector_extra_config": {"store": store}})]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited: see {log}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("vllm serve did not start")
+    return proc, wait_healthy(proc, f"http://127.0.0.1:{port}", f"vLLM's API server (log: {log})")
 
 
 def primed(activated: set[str]):
