@@ -95,9 +95,12 @@ def test_plain_lora_never_takes_the_base_cache(world, node1, plain):
 
 
 def test_a_second_node_hits_what_the_first_stored(world, node1):
-    base, alora = _vllm(world["tmp"], "node2", _spec(world, world["store"], (None, "B"), ("qa-alora", "A2")))
+    base, alora, lora = _vllm(world["tmp"], "node2", _spec(world, world["store"], (None, "B"), ("qa-alora", "A2"),
+                                                            ("qa", "A")))
     assert base["cached"] == len(world["prompts"]["B"]) - 1 and base["tokens"] == node1[0]["tokens"]
     assert alora["cached"] == world["act"] and alora["tokens"] == _peft(world, "qa-alora", "A2")
+    # a plain LoRA finds the entries it stored itself on node one (its own weights), never the base's
+    assert lora["cached"] == len(world["prompts"]["A"]) - 1 and lora["tokens"] == node1[2]["tokens"]
 
 
 def test_a_damaged_entry_is_computed_by_vllm(world, node1, plain):
