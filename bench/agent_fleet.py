@@ -68,24 +68,24 @@ def turn(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
-def workflow(url: str, doc: str, agents: list, out: list, lock: threading.Lock) -> None:
+def workflow(url: str, doc: str, agents: list, out: list, lock: threading.Lock, turn_fn=turn) -> None:
     messages = [{"role": "user", "content": doc}]
     for role, model, request, max_tokens in agents:
         messages.append({"role": "user", "content": request})
-        r = turn(url, model, messages, max_tokens) | {"role": role}
+        r = turn_fn(url, model, messages, max_tokens) | {"role": role}
         messages.append({"role": "assistant", "content": r["text"] or "(no answer)"})
         with lock:
             out.append(r)
 
 
-def run_rate(url: str, docs: list, rate: float, seed: int) -> list[dict]:
+def run_rate(url: str, docs: list, rate: float, seed: int, turn_fn=turn) -> list[dict]:
     rng = random.Random(seed)
     out: list[dict] = []
     lock = threading.Lock()
     t0, at, threads = time.time(), 0.0, []
     for doc, agents in docs:
         time.sleep(max(0.0, t0 + at - time.time()))
-        th = threading.Thread(target=workflow, args=(url, doc, agents, out, lock))
+        th = threading.Thread(target=workflow, args=(url, doc, agents, out, lock, turn_fn))
         th.start()
         threads.append(th)
         at += rng.expovariate(rate)

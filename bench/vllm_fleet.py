@@ -80,12 +80,10 @@ def primed(activated: set[str]):
 
 
 def run_mode(name: str, url: str, docs: list, rate: float, slo: float, agent_map, turn_fn) -> dict:
-    import agent_fleet
-
-    agent_fleet.turn = turn_fn  # the workflow calls agent_fleet.turn
     for m in sorted({agent_map(m) for _, m, _, _ in roles(docs[0][1])}):  # warm-up: each model once, short
         turn_fn(url, m, [{"role": "user", "content": "warm up " * 40}, {"role": "user", "content": "ok?"}], 2)
-    reqs = run_rate(url, [(d, [(ro, agent_map(m), q, n) for ro, m, q, n in roles(r)]) for d, r in docs], rate, seed=0)
+    reqs = run_rate(url, [(d, [(ro, agent_map(m), q, n) for ro, m, q, n in roles(r)]) for d, r in docs], rate, seed=0,
+                    turn_fn=turn_fn)
     s = summarize(reqs, slo) | {"raw": reqs}
     print(f"{name}: {s['requests_per_s']:.3f} req/s, TTFT p50 {s['ttft_p50_s']:.2f}s p95 {s['ttft_p95_s']:.2f}s, "
           f"SLO {s['slo_attainment']:.0%} (goodput {s['goodput_rps']:.3f}/s)", flush=True)

@@ -53,13 +53,18 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise WeightFileError(f"corrupt or truncated weight file {path}: {str(e).splitlines()[0]}") from None
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _weight_files(path: Path) -> list[Path]:
+    """A model directory's safetensors files; a directory without any is refused."""
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise WeightFileError(f"no .safetensors weights in {path} (pickled .bin weights are refused)")
-    for w in weights:
+    return weights
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for w in _weight_files(path):
         _check_safetensors(w)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True,
@@ -79,11 +84,8 @@ def summarize_dir(path: Path) -> tuple[Any, WeightSummary]:
     directory gives (a tied output head is the embedding, as in the module's state dict)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise WeightFileError(f"no .safetensors weights in {path} (pickled .bin weights are refused)")
     state: dict[str, torch.Tensor] = {}
-    for w in weights:
+    for w in _weight_files(path):
         state.update(_load_tensors(w))
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)

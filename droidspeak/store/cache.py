@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -49,6 +49,7 @@ class Hit:
     e_layers: tuple[int, ...]
     producer: WeightSummary | None = None  # the weights that wrote it, as the manifest says
     blocks: tuple[Block, ...] | None = field(default=None, compare=False, repr=False)  # the in-process tier's
+    ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)  # a whole context's tokens
 
     @property
     def tier(self) -> str:
@@ -285,14 +286,11 @@ class CacheStore:
         hits = self._lookup_shared(fam, chains, [sender], num_layers, None)
         if not hits:
             return None
-        h = hits[0]
-        man = self._manifest(self.keys.manifest(fam, sender, h.chain).encode(), fam, sender, num_layers)
-        ids = man.get("ids") if man is not None else None
-        n = h.tokens
-        if isinstance(ids, list) and len(ids) == h.stored_tokens:
-            while n < min(len(token_ids), len(ids)) and ids[n] == token_ids[n]:
+        h, n = hits[0], hits[0].tokens
+        if h.ids is not None and len(h.ids) == h.stored_tokens:
+            while n < min(len(token_ids), len(h.ids)) and h.ids[n] == token_ids[n]:
                 n += 1
-        return Hit(h.sender, n, h.chain, h.stored_tokens, h.num_layers, h.e_layers, h.producer)
+        return replace(h, tokens=n)
 
     def _lookup_shared(self, fam: str, chains: list[str], senders: list[str] | None, num_layers: int | None,
                        refused: list[str] | None) -> list[Hit]:
@@ -308,8 +306,10 @@ class CacheStore:
                 raw = self.backend.get(self.keys.index(fam, snd, chains[i]))
                 man = self._manifest(raw, fam, snd, num_layers)
                 if man is not None:
+                    ids = man.get("ids")
                     hits.append(Hit(snd, (i + 1) * self.block, man["chain"], man["tokens"], man["num_layers"],
-                                    tuple(man["e_layers"]), self._producer(man, snd)))
+                                    tuple(man["e_layers"]), self._producer(man, snd),
+                                    ids=tuple(ids) if isinstance(ids, list) else None))
                     break
                 got = self.backend.take_refused()
                 if got:  # this sender's values do not open here: no shorter prefix of it will either

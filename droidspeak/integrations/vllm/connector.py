@@ -70,7 +70,6 @@ class Load:
     start: int
     end: int
     slots: list[int]
-    block_ids: list[int]
 
 
 @dataclass
@@ -148,10 +147,14 @@ class DroidspeakConnector(KVConnectorBase_V1):
         path = str(getattr(lora_request, "lora_path", "") or getattr(lora_request, "path", ""))
         if path not in self._served:
             try:
-                self._served[path] = served_adapter(Path(path), self.base)
+                served = served_adapter(Path(path), self.base)
             except DroidspeakError as e:
                 log.warning("droidspeak connector: adapter %s shares nothing: %s", path, e)
-                self._served[path] = None
+                served = None
+            if served is not None and served.kind == "alora" and \
+                    exactness(self.base, served.weights).kind != ExactKind.ACTIVATED:
+                served = None  # the base's cache is not provably its own: it shares nothing
+            self._served[path] = served
         return self._served[path]
 
     # ------------------------------------------------------------------ scheduler side
@@ -164,8 +167,6 @@ class DroidspeakConnector(KVConnectorBase_V1):
         if who.kind == "alora":
             act = activation_point(ids, who.activation)
             if act is None or act <= num_computed_tokens:
-                return 0, False
-            if exactness(self.base, who.weights).kind != ExactKind.ACTIVATED:
                 return 0, False
             looked, sender = ids[:act], self.base.identity
         else:
@@ -184,7 +185,7 @@ class DroidspeakConnector(KVConnectorBase_V1):
         if end <= num_computed_tokens:
             return 0, False
         self._planned[request.request_id] = Load(request.request_id, hit.sender, hit.chain, hit.stored_tokens,
-                                                 num_computed_tokens, end, [], [])
+                                                 num_computed_tokens, end, [])
         return end - num_computed_tokens, False
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
@@ -220,7 +221,6 @@ class DroidspeakConnector(KVConnectorBase_V1):
         plan = self._loading.pop(req_id, None)
         if plan is not None:
             plan.slots = slots_of(blocks, self._block, plan.start, plan.end)
-            plan.block_ids = sorted({blocks[p // self._block] for p in range(plan.start, plan.end)})
             meta.loads.append(plan)
 
     def _maybe_save(self, meta: DroidspeakMetadata, req_id: str, computed: int) -> None:
@@ -240,12 +240,11 @@ class DroidspeakConnector(KVConnectorBase_V1):
             m = _LAYER_RE.search(name)
             if m is not None:
                 self._caches[int(m.group(1))] = t
+        if self.off:
+            return
         first = self._caches.get(0)
         self._layout = None if first is None else layout_of(first, self._block, self.family.num_kv_heads,
                                                               self.family.head_dim)
-        if self.off:
-            self._layout = None
-            return
         if self._layout is not None and self._layout.name == "cpu" and self._dtype != torch.float32:
             self._layout = None  # the CPU backend's other kernels (AMX, bf16) may pack K otherwise: not verified
         if self._layout is None or len(self._caches) != self.family.num_layers:
@@ -260,7 +259,7 @@ class DroidspeakConnector(KVConnectorBase_V1):
             return
         for load in meta.loads:
             if self._layout is None or not self._load(load):
-                self._failed_blocks.update(load.block_ids)
+                self._failed_blocks.update(s // self._block for s in load.slots)
 
     def _load(self, load: Load) -> bool:
         hit = Hit(load.sender, load.end, load.chain, load.stored_tokens, self.family.num_layers, ())
