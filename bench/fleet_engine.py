@@ -91,17 +91,30 @@ class Direct:
 
 
 def chat(url: str, model: str, context: str, q: str, max_tokens: int, stream: bool = False, times=None) -> dict:
+    """One chat completion; streamed, ``times`` gets (arrival, tokens in it) per chunk with text.
+
+    NOTE: a chunk is not a token: a token whose text is empty (a special token past the end of the
+    answer, with ``ignore_eos``) sends nothing and rides with the next text. The chunk's logprobs list
+    every token it covers, so tokens are counted from them."""
     body = {"model": model, "temperature": 0, "max_tokens": max_tokens, "ignore_eos": True, "stream": stream,
             "messages": [{"role": "user", "content": context}, {"role": "user", "content": q}]}
     if not stream:
         return httpx.post(url + "/v1/chat/completions", json=body, timeout=900).json()
     out = None
-    for d in stream_chunks(url, body, 900):
-        if d.get("choices") and d["choices"][0]["delta"].get("content"):
-            times.append(time.perf_counter())
+    for d in stream_chunks(url, body | {"logprobs": True}, 900):
+        c = d["choices"][0] if d.get("choices") else None
+        if c and c["delta"].get("content"):
+            times.append((time.perf_counter(), len(c["logprobs"]["content"])))
         if d.get("droidspeak"):
             out = d
     return out
+
+
+def tokens_per_s(times: list[tuple[float, int]], start: float | None = None, end: float | None = None) -> float:
+    """Tokens/s that arrived in ``(start, end]`` (default: after the first chunk, up to the last)."""
+    start = times[0][0] if start is None else start
+    end = times[-1][0] if end is None else end
+    return sum(n for t, n in times if start < t <= end) / (end - start)
 
 
 def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
@@ -120,20 +133,20 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
         out["exact_direct_s"].append(direct.exact(ctx, row.prompt))
     # decode: one alone, then the base and three variants at once over one stored context
     ctx = rows[0].context + " (fresh)"
-    alone: list[float] = []
+    alone: list[tuple[float, int]] = []
     chat(url, VARIANTS[0], ctx, "Write at length about everyone in this registry.", decode_tokens, True, alone)
-    rate_alone = (len(alone) - 1) / (alone[-1] - alone[0])
-    streams: dict[str, list[float]] = {m: [] for m in [BASE] + VARIANTS}
+    rate_alone = tokens_per_s(alone)
+    streams: dict[str, list[tuple[float, int]]] = {m: [] for m in [BASE] + VARIANTS}
     threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here.",
                                                    decode_tokens, True, streams[m])) for m in streams]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    start = max(ts[0] for ts in streams.values())  # every request decoding from here on ...
-    end = min(ts[-1] for ts in streams.values())  # ... until the first one ends
-    together = sum(sum(1 for t in ts if start < t <= end) for ts in streams.values())
-    return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together / (end - start),
+    start = max(ts[0][0] for ts in streams.values())  # every request decoding from here on ...
+    end = min(ts[-1][0] for ts in streams.values())  # ... until the first one ends
+    together = sum(tokens_per_s(ts, start, end) for ts in streams.values())
+    return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together,
                   "decode_window_s": end - start,
                   "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)}}
 

@@ -32,6 +32,9 @@ def _shipped(names: list[str]) -> list[str]:
     return [n for n in names if trained_with(n)]
 
 
+# the profiled path's headline pair: the shipped profile that reuses layers (every other SmolLM2 profile
+# recomputes all of them); summary.json's headline keys all come from this one receiver and its shipped plan
+HEADLINE = ("smollm2-135m-instruct", "smollm2-code")
 ALL_EXACT = [f"smollm2-{t}-{k}" for k in ("alora", "top20") for t in ("qa", "toolcall", "code")]
 EXACT = _shipped(ALL_EXACT)
 FLEET = ",".join(["smollm2-135m-instruct", *_shipped([f"smollm2-{t}-alora" for t in ("qa", "toolcall", "code")])])
@@ -39,8 +42,8 @@ QUICK = {
     "ttft": ["bench/ttft_peers.py", "--lengths", "1024", "4096", "--repeats", "2"],
     "exact": ["bench/exact_ttft.py", "--variants", *EXACT, "--n", "2"],
     "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "50", "1000", "--repeats", "1"],
-    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "4",
-             "--rates", "0.1", "--out", "bench/results/serve_load_base_qa.json"],
+    "load": ["bench/serve_load.py", "--models", ",".join(HEADLINE), "--workflows", "4",
+             "--rates", "0.1", "--out", "bench/results/serve_load_headline.json"],
     "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "4", "--rates", "0.05",
               "--out", "bench/results/fleet_load.json"],
     "seal": ["bench/seal_cost.py", "--repeats", "3"],
@@ -53,8 +56,8 @@ FULL = {
     "ttft-partial": ["bench/ttft_partial.py", "--lengths", "1024", "2048", "4096", "--repeats", "3"],
     "exact": ["bench/exact_ttft.py", "--variants", *EXACT, "--n", "5"],
     "pipeline": ["bench/pipeline.py", "--plan", "10:24", "--bandwidths-mbs", "25", "100", "1000", "--repeats", "1"],
-    "load": ["bench/serve_load.py", "--models", "smollm2-135m-instruct,smollm2-qa", "--workflows", "5",
-             "--rates", "0.05", "0.15", "--out", "bench/results/serve_load_base_qa.json"],
+    "load": ["bench/serve_load.py", "--models", ",".join(HEADLINE), "--workflows", "5",
+             "--rates", "0.05", "0.15", "--out", "bench/results/serve_load_headline.json"],
     "load2": ["bench/serve_load.py", "--models", "smollm2-toolcall,smollm2-code", "--workflows", "4",
               "--rates", "0.1", "--out", "bench/results/serve_load.json"],
     "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "6", "--rates", "0.03", "0.06",
@@ -75,45 +78,54 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def headline() -> dict:
+    """The profiled path's headline, one receiver and one plan: the held-out evaluation of HEADLINE's shipped
+    profile at ~4K tokens (quality drop with its interval, and the TTFT speedup of the same plan on the same rows,
+    one run), then the peers' TTFT and the load test where they ran that same receiver and plan (else left out)."""
+    sender, receiver = HEADLINE
+    prof = ROOT / "profiles" / f"{sender}__{receiver}.json"
+    plan = json.loads(prof.read_text()).get("chosen_plan") if prof.is_file() else None
+    ev = _load(f"eval_{sender}__{receiver}.json")
+    out: dict = {"sender": sender, "receiver": receiver, "plan": plan}
+    if not ev or ev.get("plan") != plan:
+        return out | {"headline_note": f"no held-out evaluation of {receiver}'s shipped plan {plan}: run "
+                                       "bench/profile_all.sh (its eval step)"}
+    ci = (ev.get("intervals") or {}).get("relative_drop")
+    out.update({"context_tokens_4k": ev["context_tokens"]["mean"], "ttft_speedup_4k": ev["ttft_speedup"],
+                "ttft_s_4k": {"full_prefill": ev["ttft_full_s_mean"], "plan": ev["ttft_plan_s_mean"]},
+                "relative_quality_drop_4k": ev["relative_drop"], "relative_quality_drop_4k_ci95": ci,
+                "quality_metric": ev["metric"], "quality_rows": ev["rows"],
+                "quality_4k": {"full_prefill": ev["quality_full"], "plan": ev["quality_plan"]},
+                "headline_command": ev.get("command")})
+    t = _load("ttft_peers.json")
+    if t and (t["sender"], t["receiver"]) == HEADLINE:
+        e = min(t["results"], key=lambda r: abs(r["context_tokens"] - 4096))
+        if e["plan"] == plan:
+            out.update({"limit_ratio_4k": e["plan_over_limit"], "llamacpp_ratio_4k": e.get("plan_over_llamacpp"),
+                        "peers_ttft_s_4k": e["ttft_s"], "ttft_command": t["command"]})
+    lo = _load("serve_load_headline.json")
+    if lo and tuple(lo["models"]) == HEADLINE:
+        slo = lo["slo_s"]
+        top = sorted(lo["modes"]["sharing"], key=float)[-1]
+        good = {m: lo["modes"][m][top]["requests_per_s"] * lo["modes"][m][top]["slo_attainment"]
+                for m in ("sharing", "no_sharing")}
+        out["throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
+        if not good["no_sharing"]:
+            out["throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing" if good["sharing"]
+                                                  else "no request met the SLO either way")
+        out["throughput_requests_per_s_gain"] = (lo["modes"]["sharing"][top]["requests_per_s"]
+                                                 / lo["modes"]["no_sharing"][top]["requests_per_s"])
+        out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {slo}s at {top} workflows/s, with "
+                                        f"sharing over without ({sender} then {receiver} on each context)")
+        out["throughput_command"] = lo["command"]
+    return out
+
+
 def summary(mode: str, command: str) -> dict:
     out: dict = {"command": command, "mode": mode, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                              "python": platform.python_version()}}
-    t = _load("ttft_peers.json")
-    if t:
-        e = min(t["results"], key=lambda r: abs(r["context_tokens"] - 4096))
-        out.update({"receiver": t["receiver"], "sender": t["sender"], "plan": e["plan"],
-                    "context_tokens_4k": e["context_tokens"],
-                    "ttft_speedup_4k": e["speedup_vs_full"]["plan"], "limit_ratio_4k": e["plan_over_limit"],
-                    "llamacpp_ratio_4k": e["plan_over_llamacpp"], "ttft_s_4k": e["ttft_s"],
-                    "ttft_command": t["command"]})
-        prof = ROOT / "profiles" / f"{t['sender']}__{t['receiver']}.json"
-        now = json.loads(prof.read_text()).get("chosen_plan") if prof.is_file() else None
-        if now != e["plan"]:
-            out["ttft_note"] = (f"measured with plan {e['plan']}, the profile of an earlier {t['receiver']}; the shipped "
-                                f"one's profile picks {now} (a plan's TTFT depends on its layers, not the weights)")
-        ev = _load(f"eval_{t['sender']}__{t['receiver']}.json")
-        if ev and ev.get("plan") != e["plan"]:
-            out["quality_note"] = (f"the held-out eval ran the shipped profile's plan {ev.get('plan')}, not {e['plan']}: "
-                                   f"its drop is that plan's")
-        if ev:
-            out["relative_quality_drop_4k"] = ev["relative_drop"]
-            out["quality_metric"] = ev["metric"]
-            out["quality_rows"] = ev["rows"]
-            out["quality_command"] = ev.get("command")
-    lo = _load("serve_load_base_qa.json")
-    if lo and out.get("ttft_note"):
-        out["throughput_note"] = "measured with the same earlier receiver and its plan as ttft_note says"
-    if lo:
-        slo = lo["slo_s"]
-        rates = sorted(lo["modes"]["sharing"], key=float)
-        top = rates[-1]
-        good = {m: lo["modes"][m][top]["requests_per_s"] * lo["modes"][m][top]["slo_attainment"]
-                for m in ("sharing", "no_sharing")}
-        out["throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
-        out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {slo}s at {top} workflows/s, with "
-                                        "sharing over without (base then smollm2-qa on each context)")
-        out["throughput_command"] = lo["command"]
+    out.update(headline())
     ex = _load("exact_ttft.json")
     if ex:
         act = [e for e in ex["results"] if e["exactness"]["kind"] == "activated"] or ex["results"]

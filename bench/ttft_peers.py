@@ -49,7 +49,7 @@ def _llama(n_ctx: int, threads: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sender", default=BASE_NAME)
-    ap.add_argument("--receiver", default="smollm2-qa")
+    ap.add_argument("--receiver", default="smollm2-code")  # the summary's headline pair (bench/run.py HEADLINE)
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/results/ttft_peers.json")

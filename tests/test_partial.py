@@ -196,7 +196,8 @@ def test_decode_layout_keeps_weights_and_identity():
     embedding still tied."""
     import torch
 
-    from droidspeak.models.loaded import relayout, summarize
+    from droidspeak.models.layout import relayout
+    from droidspeak.models.loaded import summarize
     from droidspeak.testing.tiny import tiny_model
 
     m = tiny_model(seed=3)
@@ -208,3 +209,29 @@ def test_decode_layout_keeps_weights_and_identity():
     relayout(m.model)  # twice changes nothing
     assert summarize(m.model, m.family) == before
     assert all(torch.equal(state[k], v) for k, v in m.model.state_dict().items())
+
+
+def test_decode_layout_splits_few_row_products_over_threads(monkeypatch):
+    """A relaid projection given a decode step's few rows runs as a batched product split over the
+    threads; a prefill's many rows take the one matrix product; the same values to rounding either way."""
+    import torch
+
+    from droidspeak.models.layout import SPLIT_MAX_ROWS, SplitLinear, relayout
+
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 33, bias=False), torch.nn.Linear(33, 8))
+    xs = {n: torch.randn(2, n, 64) for n in (1, 3, SPLIT_MAX_ROWS // 2, 40)}
+    with torch.no_grad():
+        want = {n: lin(x) for n, x in xs.items()}
+        relayout(lin, threads=2)
+        assert [type(m) for m in lin] == [SplitLinear] * 3
+        assert [m.parts for m in lin] == [2, 2, 1]  # 33 inputs do not split in two: the plain product
+        calls = []
+        bmm = torch.bmm
+        monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[0].shape) or bmm(*a))
+        for n, x in xs.items():
+            calls.clear()
+            got = lin(x)
+            assert got.shape == want[n].shape
+            assert calls == ([] if 2 * n > SPLIT_MAX_ROWS else [(2, 2 * n, 32), (2, 2 * n, 48)]), n
+            assert torch.allclose(got, want[n], atol=1e-5), n

@@ -213,9 +213,11 @@ def test_sensitivity_study_machinery(smol_base):
 
 
 def test_demo_runs_end_to_end():
-    r = _cli("demo", "--tokens", "700", "--max-new-tokens", "6", timeout=600)
+    r = _cli("demo", "--tokens", "400", "--max-new-tokens", "4", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "TTFT shared" in r.stdout and "smollm2-qa" in r.stdout
+    assert all(f"[{t}] base" in r.stdout for t in ("qa", "toolcall", "code"))  # each task's own document
+    assert r.stdout.count("   base    : ") == r.stdout.count("   shared  : ") > 0  # the base's answer beside each
 
 
 def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):

@@ -1,11 +1,14 @@
-"""``make demo``: a fleet of variants over one document, on the embedded default.
+"""``make demo``: a fleet of variants over shared documents, on the embedded default.
 
-The base model reads one long document once; its prefill goes to an in-process store (K/V of every
-layer, E where its peers' plans need it). Then every shipped variant answers its own request about
-that document twice: through the store, by the one sharing path the server uses, and with its own
-full prefill. Cache-compatible variants (activated adapters, frozen-bottom LoRAs) reuse the base's
-cache exactly, proven from their weights; standard LoRAs go through their profiled DroidSpeak
-plan. A table shows both answers, both TTFTs, how each shared and whether the answers agree.
+The base model reads each task's document once (a staff registry, an order log, a Python file: one
+held-out row per task, at the length where the shipped variants were measured competent, see
+BENCHMARKS.md's variants table); its prefill goes to an in-process store (K/V of every layer, E where
+its peers' plans need it). Then every shipped variant of that task answers the task's request twice:
+through the store, by the one sharing path the server uses, and with its own full prefill.
+Cache-compatible variants (activated adapters, frozen-bottom LoRAs) reuse the base's cache exactly,
+proven from their weights; standard LoRAs go through their profiled DroidSpeak plan. Each answer is
+printed with its score against the reference, beside the base's own answer and score; a table shows
+both TTFTs, how each shared and whether the answers agree.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from ..store import BlockTier, CacheStore
 from ..training.variants import answer_length
 from .reuse import warm_up
 
-BASE_REQUEST = "In one sentence, what kinds of records does this document contain?"
 WAYS = """Three ways two models share a context here:
   same model      an exact prefix hit: every layer reused
   proven exact    a variant built to be cache-compatible with its base (an activated adapter, or a
@@ -35,14 +37,13 @@ WAYS = """Three ways two models share a context here:
                   critical, quality measured offline within a budget"""
 
 
-def build_document(tokenizer, tokens: int, seed: int = 77) -> tuple[str, dict[str, tasks.Example]]:
-    """One long document with a registry, an order log and (last) a Python file; a request per task."""
-    qa = tasks.generate("qa", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
-    tc = tasks.generate("toolcall", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
-    code = tasks.generate("code", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .35),) * 2)[0]
-    doc = ("Project binder\n\nPart 1. Staff registry\n" + qa.context + "\n\nPart 2. Order log\n" + tc.context
-           + "\n\nPart 3. Source file under review\n" + code.context)
-    return doc, {"qa": qa, "toolcall": tc, "code": code}
+QUESTIONS = {"qa": 3, "toolcall": 2, "code": 1}  # requests per document (the code task has one per file)
+
+
+def build_documents(tokenizer, tokens: int, seed: int = 77) -> dict[str, list[tasks.Example]]:
+    """Per task, one held-out document of about ``tokens`` context tokens and its requests."""
+    return {t: tasks.generate(t, "heldout", 1, tokenizer, seed=seed, lengths=(tokens, tokens), questions=q)
+            for t, q in QUESTIONS.items()}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -50,50 +51,64 @@ def run_demo(args: argparse.Namespace) -> int:
     print("loading the base and the shipped variants ...", flush=True)
     base = load_model(BASE_NAME)
     variants = [load_model(v.name) for v in shipped_variants() if v.parent == BASE_NAME]
-    doc, requests = build_document(base.tokenizer, args.tokens)
+    docs = build_documents(base.tokenizer, args.tokens)
     warm_up(base, *variants)
     print(WAYS)
-
-    # 1. the base reads the document once and answers its own request; its caches go to the store
     store = CacheStore(blocks=BlockTier(2 << 30))
-    prompt = layout(base.tokenizer, doc, BASE_REQUEST)
-    max_base = args.max_new_tokens or 48
-    t0 = time.perf_counter()
-    own = serve_prefill(base, store, prompt, ShareOptions(room=max_base))
-    t_read = time.perf_counter() - t0
-    base_answer = greedy_text(base, own, max_base)
-    print(f"\nbase {BASE_NAME} read a {len(prompt.prefix)}-token document in {t_read:.2f}s and stored "
-          f"{own.info.stored_tokens} tokens of it ({store.blocks.nbytes() / 2**20:.1f} MiB in the in-process tier)")
-    print(f"base answers '{BASE_REQUEST}'\n  -> {base_answer.strip()!r}\n")
-
-    # 2. every variant answers its own request: through the store (the server's path), and alone
-    rows = []
-    for v in variants:
-        ex = requests.get(v.spec.task or "qa")
-        p = layout(v.tokenizer, doc, ex.prompt)
-        max_new = args.max_new_tokens or answer_length(v.name, 48)
-        shared = serve_prefill(v, store, p, ShareOptions(policy="profile", store_on_miss=False, room=max_new))
-        alone = full_prefill(v, p.ids, room=max_new)
-        a_shared, a_own = greedy_text(v, shared, max_new), greedy_text(v, alone, max_new)
-        metric = tasks.METRIC_OF_TASK.get(v.spec.task or "qa") or "f1"
-        rows.append({
-            "variant": v.name, "adapter": v.kind.value, "request": ex.prompt.splitlines()[0][:70],
-            "reference": ex.reference, "answer_shared": a_shared.strip(), "answer_own": a_own.strip(),
-            "same_answer": a_shared == a_own, "agreement": agreement(a_shared, a_own),
-            "score_shared": score(metric, a_shared, ex.reference or ""),
-            "score_own": score(metric, a_own, ex.reference or ""), "metric": metric,
-            "ttft_shared_s": shared.timings.prefill_s, "ttft_own_s": alone.timings.prefill_s,
-            "kind": shared.info.kind.value, "plan": shared.info.plan, "reused_tokens": shared.info.reused_tokens,
-            "reason": shared.info.reason, "recomputed": len(shared.recomputed_layers),
-            "first_token_kl": kl_divergence(alone.logits, shared.logits),
-        })
+    rows, reads = [], []
+    for task, exs in docs.items():
+        mine = [v for v in variants if (v.spec.task or "qa") == task]
+        if not mine:
+            continue
+        metric = tasks.METRIC_OF_TASK.get(task) or "f1"
+        max_new = args.max_new_tokens or answer_length(mine[0].name, 48)
+        for ex in exs:
+            # 1. the base answers the request: it reads the document once (its caches go to the store), then
+            #    each further request about it is a same-model hit
+            prompt = layout(base.tokenizer, ex.context, ex.prompt)
+            t0 = time.perf_counter()
+            own = serve_prefill(base, store, prompt, ShareOptions(room=max_new))
+            t_read = time.perf_counter() - t0
+            base_answer = greedy_text(base, own, max_new).strip()
+            base_score = score(metric, base_answer, ex.reference or "")
+            if ex is exs[0]:
+                reads.append({"task": task, "document_tokens": len(prompt.prefix), "read_s": t_read,
+                              "stored_tokens": own.info.stored_tokens, "requests": len(exs)})
+                print(f"\n[{task}] base {BASE_NAME} read a {len(prompt.prefix)}-token document in {t_read:.2f}s and "
+                      f"stored {own.info.stored_tokens} tokens of it ({store.blocks.nbytes() / 2**20:.1f} MiB in the "
+                      f"in-process tier); {len(exs)} request(s) about it")
+            # 2. every variant of the task answers the same request: through the store (the server's path), and alone
+            for v in mine:
+                p = layout(v.tokenizer, ex.context, ex.prompt)
+                shared = serve_prefill(v, store, p, ShareOptions(policy="profile", store_on_miss=False, room=max_new))
+                alone = full_prefill(v, p.ids, room=max_new)
+                a_shared, a_own = greedy_text(v, shared, max_new), greedy_text(v, alone, max_new)
+                rows.append({
+                    "task": task, "variant": v.name, "adapter": v.kind.value, "request": ex.prompt.splitlines()[0][:70],
+                    "reference": ex.reference, "answer_shared": a_shared.strip(), "answer_own": a_own.strip(),
+                    "same_answer": a_shared == a_own, "agreement": agreement(a_shared, a_own),
+                    "score_shared": score(metric, a_shared, ex.reference or ""),
+                    "score_own": score(metric, a_own, ex.reference or ""), "metric": metric,
+                    "answer_base": base_answer, "score_base": base_score,
+                    "ttft_shared_s": shared.timings.prefill_s, "ttft_own_s": alone.timings.prefill_s,
+                    "kind": shared.info.kind.value, "plan": shared.info.plan, "reused_tokens": shared.info.reused_tokens,
+                    "reason": shared.info.reason, "recomputed": len(shared.recomputed_layers),
+                    "first_token_kl": kl_divergence(alone.logits, shared.logits),
+                })
     for r in rows:
         print(f"== {r['variant']} ({r['adapter']})  {r['kind']}: {r['reused_tokens']} tokens reused, plan {r['plan']}, "
               f"{r['recomputed']}/{base.num_layers} layers recomputed")
         print(f"   request : {r['request']}")
         print(f"   shared  : {r['answer_shared'][:110]!r}   [{r['metric']} {r['score_shared']:.2f}]")
         print(f"   own     : {r['answer_own'][:110]!r}   [{r['metric']} {r['score_own']:.2f}]")
+        print(f"   base    : {r['answer_base'][:110]!r}   [{r['metric']} {r['score_base']:.2f}]")
         print(f"   gold    : {str(r['reference'])[:110]!r}")
+    print(f"\n{'variant':<24} {'requests':>8} {'mean score shared':>17} {'own':>6} {'base':>6}")
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
+        print(f"{name:<24} {len(mine):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
+              f"{mean('score_base'):>6.2f}   ({mine[0]['metric']})")
     print(f"\n{'variant':<24} {'shared as':<18} {'TTFT shared':>11} {'TTFT own':>9} {'speedup':>8} "
           f"{'recomputed':>10} {'same answer':>11} {'first-token KL':>14}")
     for r in sorted(rows, key=lambda r: (r["kind"] != "exact-cross-model", r["variant"])):
@@ -103,5 +118,5 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\n(demo wall time {time.time() - t_start:.0f}s; TTFTs measured side by side in this run, "
           f"on this machine's CPU)")
     if getattr(args, "json", False):
-        print(json.dumps({"document_tokens": len(prompt.prefix), "base_answer": base_answer, "rows": rows}, indent=1))
+        print(json.dumps({"documents": reads, "rows": rows}, indent=1))
     return 0

@@ -17,30 +17,6 @@ from .family import FamilyFingerprint
 from .registry import ModelSpec
 
 
-def relayout(model: Any) -> None:
-    """Keep every projection's weight as its transpose, ``[in, out]`` contiguous, seen as ``[out, in]``:
-    the same values (and digests), but a decode step's matrix-vector products read it in the order
-    MKL streams fastest (a tied embedding shares the new storage, as it shared the old).
-
-    NOTE: measured here on SmolLM2, a decode step 43.5 -> 36.7 ms and a 2K-token prefill a little
-    faster; logits move by rounding only (~4e-5). A server's models get this layout (every node's
-    alike: models that share a cache run the same kernels on the same weights); the CLI's keep the
-    layout they load with (transformers cannot save a tied weight stored this way)."""
-    import torch
-
-    fresh: dict[int, Any] = {}
-    modules = list(model.modules())
-    for m in modules:
-        if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2 and m.weight.stride(1) == 1:
-            w = m.weight
-            if w.data_ptr() not in fresh:
-                fresh[w.data_ptr()] = torch.nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
-            m.weight = fresh[w.data_ptr()]
-    for m in modules:  # an embedding tied to a projection keeps sharing its storage
-        if isinstance(m, torch.nn.Embedding) and m.weight.data_ptr() in fresh:
-            m.weight = fresh[m.weight.data_ptr()]
-
-
 def summarize(model: Any, family: FamilyFingerprint) -> WeightSummary:
     """The weight summary of a plain (non-adapter) model from its state dict."""
     state = model.state_dict()

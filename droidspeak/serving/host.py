@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import DroidspeakError, UnknownModelError
 from ..kinds import ModelKind
 from ..models.exact import WeightSummary
-from ..models.loaded import LoadedModel, relayout
+from ..models.layout import relayout
+from ..models.loaded import LoadedModel
 from ..models.loading import attach_adapters, load_model
 from ..models.registry import registry, resolve
 
