@@ -109,6 +109,8 @@ def run_demo(args: argparse.Namespace) -> int:
         mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
         print(f"{name:<24} {len(mine):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
               f"{mean('score_base'):>6.2f}   ({mine[0]['metric']})")
+    print("(one document per task is one draw: BENCHMARKS.md's variants table scores each variant on up to 100 "
+          "held-out rows of this length, with intervals)")
     print(f"\n{'variant':<24} {'shared as':<18} {'TTFT shared':>11} {'TTFT own':>9} {'speedup':>8} "
           f"{'recomputed':>10} {'same answer':>11} {'first-token KL':>14}")
     for r in sorted(rows, key=lambda r: (r["kind"] != "exact-cross-model", r["variant"])):

@@ -4,7 +4,7 @@ decode step's matrix-vector products use both cores.
 A decode step reads every weight once for a handful of rows. MKL's matrix-vector product runs on one
 thread whatever ``torch.set_num_threads`` says (measured here: 10-19 GB/s of the ~35-50 GB/s this
 machine reads with both cores), so a step left half the machine idle. Two changes, both applied by
-:func:`relayout`, and neither changes a value nor a digest:
+:func:`relayout`, and neither changes a weight nor a digest:
 
 * every projection's weight is stored transposed, ``[in, out]`` contiguous and seen as the usual
   ``[out, in]`` (MKL streams that order fastest for a vector);
