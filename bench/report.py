@@ -404,8 +404,11 @@ def eval_section() -> list[str]:
     out += ["| sender -> receiver | plan | rows (tokens) | metric | full prefill | plan (drop) | full reuse (drop) | "
             "agreement plan / full reuse | TTFT plan | TTFT full reuse | command |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    full = []  # pairs whose plan recomputes every layer
     for f in files:
         r = json.loads(f.read_text())
+        if r["recomputed_layers"] == r["num_layers"]:
+            full.append(f"{r['sender']} -> {r['receiver']}")
         ct = r["context_tokens"]
         col = lambda k: [x[k] for x in r["per_row"]]  # noqa: E731
 
@@ -420,8 +423,6 @@ def eval_section() -> list[str]:
     out += ["", "TTFT columns: the receiver's own full-prefill time over the plan's (sum over rows, "
                 "measured side by side per row). Drops are relative to the full prefill's quality, with 95% "
                 "bootstrap intervals paired over the rows (n/a: the full prefill scores 0)."]
-    full = [f"{r['sender']} -> {r['receiver']}" for r in map(lambda f: json.loads(f.read_text()), files)
-            if r["recomputed_layers"] == r["num_layers"]]
     if full:
         out.append(f"A plan that recomputes every layer ({', '.join(full)}: the profile found no layer the receiver "
                    "can take from the sender within the 1% budget) is the receiver's own prefill, equal to it up to rounding by "

@@ -78,6 +78,23 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _no_gain_note(good_with_sharing: float) -> str:
+    """Why a gain at the SLO has no ratio: nothing met the SLO without sharing."""
+    return ("unbounded: no request met the SLO without sharing" if good_with_sharing
+            else "no request met the SLO either way")
+
+
+def _load_gains(lo: dict) -> tuple[str, float | None, str | None, dict[str, float]]:
+    """A serve_load result at its highest rate: the rate, requests/s within the SLO with sharing over without
+    (None, with the note why, when nothing met it without), and requests/s per mode."""
+    top = sorted(lo["modes"]["sharing"], key=float)[-1]
+    at = {m: lo["modes"][m][top] for m in ("sharing", "no_sharing")}
+    good = {m: x["requests_per_s"] * x["slo_attainment"] for m, x in at.items()}
+    gain = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
+    note = None if good["no_sharing"] else _no_gain_note(good["sharing"])
+    return top, gain, note, {m: x["requests_per_s"] for m, x in at.items()}
+
+
 def headline() -> dict:
     """The profiled path's headline, one receiver and one plan: the held-out evaluation of HEADLINE's shipped
     profile at ~4K tokens (quality drop with its interval, and the TTFT speedup of the same plan on the same rows,
@@ -105,18 +122,13 @@ def headline() -> dict:
                         "peers_ttft_s_4k": e["ttft_s"], "ttft_command": t["command"]})
     lo = _load("serve_load_headline.json")
     if lo and tuple(lo["models"]) == HEADLINE:
-        slo = lo["slo_s"]
-        top = sorted(lo["modes"]["sharing"], key=float)[-1]
-        good = {m: lo["modes"][m][top]["requests_per_s"] * lo["modes"][m][top]["slo_attainment"]
-                for m in ("sharing", "no_sharing")}
-        out["throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
-        if not good["no_sharing"]:
-            out["throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing" if good["sharing"]
-                                                  else "no request met the SLO either way")
-        out["throughput_requests_per_s_gain"] = (lo["modes"]["sharing"][top]["requests_per_s"]
-                                                 / lo["modes"]["no_sharing"][top]["requests_per_s"])
-        out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {slo}s at {top} workflows/s, with "
-                                        f"sharing over without ({sender} then {receiver} on each context)")
+        top, gain, note, rps = _load_gains(lo)
+        out["throughput_gain_at_slo"] = gain
+        if note:
+            out["throughput_gain_at_slo_note"] = note
+        out["throughput_requests_per_s_gain"] = rps["sharing"] / rps["no_sharing"]
+        out["throughput_definition"] = (f"requests/s that met the TTFT SLO of {lo['slo_s']}s at {top} workflows/s, "
+                                        f"with sharing over without ({sender} then {receiver} on each context)")
         out["throughput_command"] = lo["command"]
     return out
 
@@ -163,14 +175,10 @@ def summary(mode: str, command: str) -> dict:
                                            "any task whose standard LoRA came from another recipe)")
     fl = _load("fleet_load.json")
     if fl:
-        top = sorted(fl["modes"]["sharing"], key=float)[-1]
-        good = {m: fl["modes"][m][top]["requests_per_s"] * fl["modes"][m][top]["slo_attainment"]
-                for m in ("sharing", "no_sharing")}
-        out["fleet_throughput_gain_at_slo"] = good["sharing"] / good["no_sharing"] if good["no_sharing"] else None
-        if not good["no_sharing"]:
-            out["fleet_throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing"
-                                                        if good["sharing"] else "no request met the SLO either way")
-        rps = {m: fl["modes"][m][top]["requests_per_s"] for m in ("sharing", "no_sharing")}
+        top, gain, note, rps = _load_gains(fl)
+        out["fleet_throughput_gain_at_slo"] = gain
+        if note:
+            out["fleet_throughput_gain_at_slo_note"] = note
         out["fleet_requests_per_s"] = rps
         out["fleet_throughput_gain"] = rps["sharing"] / rps["no_sharing"]
         ttft = {m: fl["modes"][m][top].get("per_model_ttft_p50_s", {}) for m in ("sharing", "no_sharing")}
@@ -186,9 +194,7 @@ def summary(mode: str, command: str) -> dict:
         g = af["gains"][top]
         out["fleet8_throughput_gain_at_slo"] = g["goodput"]
         if g["goodput"] is None:
-            good = af["modes"]["sharing"][top]["goodput_rps"]
-            out["fleet8_throughput_gain_at_slo_note"] = ("unbounded: no request met the SLO without sharing" if good
-                                                         else "no request met the SLO either way")
+            out["fleet8_throughput_gain_at_slo_note"] = _no_gain_note(af["modes"]["sharing"][top]["goodput_rps"])
         out["fleet8_requests_per_s_gain"] = g["requests_per_s"]
         out["fleet8_p95_ttft_gain"] = g["p95_ttft"]
         out["fleet8_kv_bytes_per_context"] = af["kv_bytes_per_context"]

@@ -105,10 +105,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"   gold    : {str(r['reference'])[:110]!r}")
     print(f"\n{'variant':<24} {'requests':>8} {'mean score shared':>17} {'own':>6} {'base':>6}")
     for name in dict.fromkeys(r["variant"] for r in rows):
-        mine = [r for r in rows if r["variant"] == name]
-        mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
-        print(f"{name:<24} {len(mine):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
-              f"{mean('score_base'):>6.2f}   ({mine[0]['metric']})")
+        its = [r for r in rows if r["variant"] == name]
+        mean = lambda k: sum(r[k] for r in its) / len(its)  # noqa: E731
+        print(f"{name:<24} {len(its):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
+              f"{mean('score_base'):>6.2f}   ({its[0]['metric']})")
     print("(one document per task is one draw: BENCHMARKS.md's variants table scores each variant on up to 100 "
           "held-out rows of this length, with intervals)")
     print(f"\n{'variant':<24} {'shared as':<18} {'TTFT shared':>11} {'TTFT own':>9} {'speedup':>8} "
