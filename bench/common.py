@@ -45,24 +45,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def trained_with(name: str | None) -> dict[str, Any] | None:
-    """What a shipped adapter in adapters/ was trained with (its droidspeak.json's recipe): steps,
-    rank and the training contexts' token range; None when it is not shipped."""
+    """What a shipped adapter in adapters/ was trained with (its droidspeak.json): its kind, steps, rank,
+    requests per context and the training contexts' token range; None when it is not shipped."""
     p = ROOT / "adapters" / str(name) / "droidspeak.json"
     if not name or not p.is_file():
         return None
-    r = json.loads(p.read_text())["recipe"]
-    return {"steps": r.get("steps"), "rank": r.get("rank"), "contexts": tuple(r.get("train_lengths") or ("?", "?"))}
+    meta = json.loads(p.read_text())
+    r = meta["recipe"]
+    return {"adapter": meta.get("adapter", "lora"), "steps": r.get("steps"), "rank": r.get("rank"),
+            "questions": r.get("questions"), "contexts": tuple(r.get("train_lengths") or ("?", "?"))}
 
 
 def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Whether two adapters saw the same data budget (steps and context lengths; the rank may differ by kind)."""
-    return a is not None and b is not None and (a["steps"], a["contexts"]) == (b["steps"], b["contexts"])
+    """Whether two adapters saw the same data budget (steps, requests per context and context lengths; the rank
+    may differ by kind)."""
+    key = lambda t: (t["steps"], t.get("questions"), t["contexts"])  # noqa: E731
+    return a is not None and b is not None and key(a) == key(b)
+
+
+def _kind(name: str) -> str:
+    """An adapter's kind (lora, alora, top:K) from its droidspeak.json, else from the suffix that
+    ``droidspeak variants train`` gives each kind."""
+    own = trained_with(name)
+    if own:
+        return own["adapter"]
+    return "alora" if name.endswith("-alora") else "top:20" if name.endswith("-top20") else "lora"
 
 
 def variant_kinds(names: list[str]) -> tuple[str | None, str | None, str | None]:
-    """A task's standard LoRA, activated LoRA and top:20 LoRA among ``names`` (by the suffix
-    ``droidspeak variants train`` gives each kind)."""
-    alora = next((n for n in names if n.endswith("-alora")), None)
-    top = next((n for n in names if n.endswith("-top20")), None)
-    lora = next((n for n in names if not n.endswith(("-alora", "-top20"))), None)
+    """A task's standard LoRA, activated LoRA and top:20 LoRA among ``names``: of each kind, the one named as
+    ``droidspeak variants train`` names it (``NAME``, ``NAME-alora``, ``NAME-top20``), else the first; of
+    several standard LoRAs, the one trained with the activated one's data budget (like for like)."""
+    def pick(kind: str, suffix: str) -> str | None:
+        of_kind = [n for n in names if _kind(n) == kind]
+        return next((n for n in of_kind if n.endswith(suffix)), of_kind[0] if of_kind else None)
+
+    alora, top = pick("alora", "-alora"), pick("top:20", "-top20")
+    loras = [n for n in names if _kind(n) == "lora"]
+    ref = trained_with(alora or top)
+    lora = next((n for n in loras if same_recipe(trained_with(n), ref)), loras[0] if loras else None)
     return lora, alora, top

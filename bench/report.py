@@ -26,9 +26,6 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-KIND_OF = {"": "LoRA (every layer)", "-alora": "activated LoRA (exact)", "-top20": "LoRA on layers 20+ (exact, 20:30)"}
-
-
 def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
     """A footnote mark when ``name`` was not trained with the exact variants' data budget (the
     comparison is then not like for like, and the table must say so)."""
@@ -39,6 +36,21 @@ def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
                  f"contexts of {own['contexts'][0]}-{own['contexts'][1]} tokens, against {ref['steps']} steps, contexts "
                  f"of {ref['contexts'][0]}-{ref['contexts'][1]}): not a like-for-like comparison.")
     return "\\*"
+
+
+def _column_of(name: str) -> str:
+    """The table column an adapter of ``name``'s kind would sit in."""
+    kind = (trained_with(name) or {}).get("adapter", "lora")
+    return {"lora": "LoRA", "alora": "activated LoRA"}.get(kind, f"LoRA on layers {kind.split(':')[-1]}+")
+
+
+def _command(cmd: str, path: str) -> str:
+    """An evaluation's command line writing ``path`` (one grown by ``variants eval --add-to`` writes it first,
+    then adds to it)."""
+    if "<that result>" not in cmd:
+        return f"{cmd} --out {path}"
+    first, rest = cmd.split("; then ", 1)
+    return f"{first} --out {path}; then {rest.replace('<that result>', path)}"
 
 
 def variants_section() -> list[str]:
@@ -66,9 +78,14 @@ def variants_section() -> list[str]:
         if asked and asked.isdigit() and int(asked) > r["rows"]:
             notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens: {r['rows']} rows of the {asked} "
                          "asked: the task's held-out split has no more sources of that length (one row per source).")
+        for other in (n for n in names if n not in (lora, alora, top)):
+            notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens, on the same rows: {other} "
+                         f"{sc[other]:.3f}{ci(other)}{_recipe_note(other, ref, notes)}"
+                         + (" (a receiver of the profiled path)" if any((ROOT / "profiles").glob(f"*__{other}.json"))
+                            else "") + f"; the {_column_of(other)} column is the one trained like the activated variant.")
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
                    f"{sc['base']:.3f} | {cell(lora)} | {cell(alora)} | {cell(top)} | {ratio} | "
-                   f"`{r['command']} --out bench/results/{f.name}` |")
+                   f"`{_command(r['command'], f'bench/results/{f.name}')}` |")
     return out + ["", "Greedy decoding with each model's own full prefill (Hugging Face `generate`; PEFT's for the "
                       "activated adapter, which finds its invocation itself), the same held-out rows for every "
                       "column. Every kind is trained by `droidspeak variants train NAME --adapter KIND` with its task's "

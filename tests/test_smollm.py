@@ -400,3 +400,29 @@ def test_a_base_and_four_variants_decode_together_as_each_alone():
             want = own.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
                                       do_sample=False, eos_token_id=None, pad_token_id=tok.eos_token_id)
         assert r.out == want[0, ids.shape[1]:].tolist(), r.model
+
+
+def test_variants_eval_adds_columns_on_the_same_rows(tmp_path):
+    """`variants eval --add-to FILE` runs only the new variant, on that evaluation's rows, and keeps its
+    columns; other rows, a variant already there, or a file that is no evaluation are one-line errors."""
+    from droidspeak.training.variants import evaluate
+
+    first = evaluate(["smollm2-qa-alora"], n=1, progress=False, lengths=(300, 500))
+    both = evaluate(["smollm2-qa-top20"], n=1, progress=False, lengths=(300, 500), add_to=first)
+    assert both["variants"] == ["smollm2-qa-alora", "smollm2-qa-top20"] and both["rows"] == first["rows"] == 1
+    old, new = first["per_row"][0], both["per_row"][0]
+    assert {k: new[k] for k in old} == old  # the earlier columns (and the base's) kept as they were
+    assert set(new) - set(old) == {"smollm2-qa-top20", "smollm2-qa-top20_answer"}
+    assert both["scores"]["base"] == first["scores"]["base"]
+    assert both["command"].startswith(first["command"] + "; then droidspeak variants eval smollm2-qa-top20")
+    out = tmp_path / "first.json"
+    out.write_text(json.dumps(first))
+    for extra, message in ((["smollm2-qa-top20", "--seed", "1"], "not that evaluation's rows"),
+                           (["smollm2-qa-alora"], "already in that evaluation")):
+        r = _cli("variants", "eval", *extra, "--n", "1", "--min-tokens", "300", "--max-tokens", "500",
+                 "--add-to", str(out))
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr[-800:]
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    r = _cli("variants", "eval", "smollm2-qa-top20", "--add-to", str(tmp_path / "junk.json"))
+    assert r.returncode == 2 and "is not the result of" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(out.read_text()) == first  # a refused addition leaves the file as it was

@@ -10,6 +10,17 @@ from ..errors import DroidspeakError
 from .common import emit, table
 
 
+def read_result(path: str) -> dict:
+    """An earlier ``variants eval --out`` result (a one-line error when it is not one)."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DroidspeakError(f"cannot read {path}: {e}") from None
+    if not isinstance(res, dict) or not {"task", "base", "variants", "per_row", "command"} <= res.keys():
+        raise DroidspeakError(f"{path} is not the result of `droidspeak variants eval --out`")
+    return res
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from ..training import variants
 
@@ -25,17 +36,20 @@ def cmd_variants(args: argparse.Namespace) -> int:
         return 0
     if args.variants_cmd == "train":
         out = variants.train(args.name, args.adapter, Path(args.out) if args.out else None, args.steps,
-                             progress=not args.json)
+                             progress=not args.json, variant=args.variant,
+                             questions=args.questions, rank=args.rank)
         meta = json.loads((out / "droidspeak.json").read_text())
         emit(args, {"adapter": str(out), "train_wall_s": meta["train_wall_s"], "final_loss": meta["loss_curve"][-1]},
              f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
         return 0
     if args.variants_cmd == "eval":
+        earlier = read_result(args.add_to) if args.add_to else None
         res = variants.evaluate(args.names, args.n, progress=not args.json, seed=args.seed,
-                                lengths=(args.min_tokens, args.max_tokens))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(res, indent=1))
+                                lengths=(args.min_tokens, args.max_tokens), add_to=earlier)
+        out = args.out or args.add_to
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(res, indent=1))
         summary = {k: v for k, v in res.items() if k != "per_row"}
         emit(args, summary, f"held-out {res['task']} ({res['rows']} rows, {res['min_tokens']}-{res['max_tokens']} "
              f"tokens), {res['metric']}, 95% CI over rows: "
@@ -84,7 +98,10 @@ def register(add) -> None:
     vt.add_argument("--adapter", default="lora", help="lora (every layer), alora (activated: exact reuse of the base's "
                                                      "context), top:K (layers K+ only: exact with plan K:L)")
     vt.add_argument("--steps", type=int, help="override the recipe's step count")
-    vt.add_argument("--out", help="adapter folder (default adapters/NAME)")
+    vt.add_argument("--questions", type=int, help="override the recipe's requests per training context (qa, toolcall)")
+    vt.add_argument("--rank", type=int, help="override the recipe's LoRA rank for this adapter kind")
+    vt.add_argument("--name", dest="variant", help="the variant's name (default NAME, NAME-alora or NAME-topK)")
+    vt.add_argument("--out", help="adapter folder (default adapters/<the variant's name>)")
     vt.add_argument("--json", action="store_true")
     ve = vsub.add_parser("eval", help="score variants of one task and their base on the same held-out rows")
     ve.add_argument("names", nargs="+", metavar="NAME")
@@ -93,6 +110,8 @@ def register(add) -> None:
     ve.add_argument("--max-tokens", type=int, default=4096)
     ve.add_argument("--seed", type=int, default=0, help="which held-out rows (recorded in the result)")
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
+    ve.add_argument("--add-to", metavar="FILE", help="an earlier evaluation's result: run only NAME on its rows "
+                    "(checked the same) and write it back with the new columns (or to --out)")
     ve.add_argument("--json", action="store_true")
 
     vx = vsub.add_parser("export-vllm", help="write an adapter as vLLM loads it (an activated one keeps its invocation "

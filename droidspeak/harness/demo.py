@@ -22,6 +22,7 @@ from ..core.decode import greedy_text
 from ..core.prefill import full_prefill
 from ..core.prompt import layout
 from ..models import BASE_NAME, load_model, shipped_variants
+from ..models.registry import ModelSpec, adapter_meta
 from ..quality import agreement, kl_divergence, score
 from ..sharing import ShareOptions, serve_prefill
 from ..store import BlockTier, CacheStore
@@ -46,11 +47,21 @@ def build_documents(tokenizer, tokens: int, seed: int = 77) -> dict[str, list[ta
             for t, q in QUESTIONS.items()}
 
 
+def demo_variants() -> list[ModelSpec]:
+    """The shipped SmolLM2 variants, one of each task and adapter kind (the first by name: ``smollm2-code``,
+    the profiled path's receiver, not ``smollm2-code-lora``, its like-for-like retraining for the variants table)."""
+    kinds: dict[tuple[str | None, str], ModelSpec] = {}
+    for v in shipped_variants():
+        if v.parent == BASE_NAME:
+            kinds.setdefault((v.task, (adapter_meta(v.path) or {}).get("adapter", "lora")), v)  # type: ignore[arg-type]
+    return list(kinds.values())
+
+
 def run_demo(args: argparse.Namespace) -> int:
     t_start = time.time()
     print("loading the base and the shipped variants ...", flush=True)
     base = load_model(BASE_NAME)
-    variants = [load_model(v.name) for v in shipped_variants() if v.parent == BASE_NAME]
+    variants = [load_model(v.name) for v in demo_variants()]
     docs = build_documents(base.tokenizer, args.tokens)
     warm_up(base, *variants)
     print(WAYS)

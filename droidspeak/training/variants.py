@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +118,22 @@ def training_groups(r: Recipe, tokenizer: Any, steps: int) -> list[tuple[list[in
 
 
 def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None = None, steps: int | None = None,
-          progress: bool = True) -> Path:
-    """Train ``name``'s recipe as an adapter of the given kind; returns the adapter folder."""
+          progress: bool = True, variant: str | None = None, questions: int | None = None,
+          rank: int | None = None) -> Path:
+    """Train ``name``'s recipe as an adapter of the given kind; returns the adapter folder. The variant is
+    called ``variant`` (default: the recipe's name with the kind's suffix, e.g. ``smollm2-qa-alora``);
+    ``steps``, ``questions`` (requests per context) and ``rank`` override the recipe's (recorded)."""
     kind = adapter if isinstance(adapter, AdapterKind) else AdapterKind.parse(adapter)
     r = recipe(name)
+    if questions is not None and (questions < 1 or (questions > 1 and r.task not in tasks.MULTI_QUESTION_TASKS)):
+        raise DroidspeakError(f"--questions: the {r.task} task asks one request per context" if questions > 1
+                              else "--questions must be at least 1")
+    if rank is not None and rank < 1:
+        raise DroidspeakError("--rank must be at least 1")
+    default = r
+    r = replace(r, questions=questions or r.questions, ranks=r.ranks | ({kind.kind: rank} if rank else {}))
     steps = steps or r.steps
-    variant = name + kind.name_suffix
+    variant = variant or name + kind.name_suffix
     out = Path(out_dir) if out_dir else adapters_dir() / variant
     base = load_model(r.parent)
     tok = base.tokenizer
@@ -134,12 +144,15 @@ def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None =
     out.mkdir(parents=True, exist_ok=True)
     save_half(model, out)
     ctx_tokens = [len(p) for p, _ in groups]
-    cmd = f"droidspeak variants train {name} --adapter {kind}" + (f" --steps {steps}" if steps != r.steps else "")
+    cmd = (f"droidspeak variants train {name} --adapter {kind}" + (f" --steps {steps}" if steps != r.steps else "")
+           + (f" --questions {r.questions}" if r.questions != default.questions else "")
+           + (f" --rank {r.rank(kind)}" if r.rank(kind) != default.rank(kind) else "")
+           + (f" --name {variant}" if variant != name + kind.name_suffix else ""))
     meta = {
         "name": variant, "parent": r.parent, "task": r.task, "recipe_name": name, "adapter": str(kind),
-        "description": r.description + {"lora": "", "alora": " (activated LoRA: shares its base's context cache "
-                                                          "exactly)", "top": f" (LoRA on layers {kind.first_layer}+: "
-                                                          f"exact with plan {kind.first_layer}:L)"}[kind.kind],
+        "description": r.description + {
+            "lora": " (LoRA on every layer)", "alora": " (activated LoRA: shares its base's context cache exactly)",
+            "top": f" (LoRA on layers {kind.first_layer}+: exact with plan {kind.first_layer}:L)"}[kind.kind],
         "recipe": asdict(r) | {"steps": steps, "rank": r.rank(kind)}, "base_identity": base.identity,
         "family": base.family.digest, "invocation_tokens": invocation,
         "train_context_tokens": {"min": min(ctx_tokens), "max": max(ctx_tokens),
@@ -167,8 +180,10 @@ def greedy_answer(model: Any, tok: Any, context: str, request: str, max_new_toke
 
 
 def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: int = 0,
-             lengths: tuple[int, int] = (1024, 4096)) -> dict[str, Any]:
-    """Score variants of one task and their base on the same held-out rows of the task."""
+             lengths: tuple[int, int] = (1024, 4096), add_to: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score variants of one task and their base on the same held-out rows of the task. With ``add_to`` (an
+    earlier result of this function), only ``names`` run, on that result's rows (checked the same: each row's
+    token count and reference), and the result holds its columns and theirs."""
     from tqdm import tqdm
 
     names = [names] if isinstance(names, str) else list(names)
@@ -179,31 +194,43 @@ def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: i
         raise DroidspeakError("variants compared together must share a task and a base")
     r = recipes[0]
     assert r is not None
+    before = list(add_to["variants"]) if add_to else []
+    if add_to and (add_to["task"], add_to["base"]) != (r.task, r.parent):
+        raise DroidspeakError(f"that evaluation is of {add_to['task']} on {add_to['base']}, not {r.task} on {r.parent}")
+    if set(before) & set(names):
+        raise DroidspeakError(f"already in that evaluation: {', '.join(sorted(set(before) & set(names)))}")
     metric = tasks.METRIC_OF_TASK[r.task]
-    models = {"base": load_model(r.parent)} | {x: load_model(x) for x in names}
-    tok = models["base"].tokenizer
+    models = ({} if add_to else {"base": load_model(r.parent)}) | {x: load_model(x) for x in names}
+    tok = next(iter(models.values())).tokenizer
     rows = tasks.generate(r.task, "heldout", n, tok, seed=seed, lengths=lengths)
+    keys = [(len(layout(tok, row.context, row.prompt).ids), row.reference) for row in rows]
+    old = add_to["per_row"] if add_to else None
+    if old is not None and keys != [(x["tokens"], x["reference"]) for x in old]:
+        raise DroidspeakError(f"these are not that evaluation's rows (give its --n, --seed, --min-tokens and "
+                              f"--max-tokens: {add_to['command']})")  # type: ignore[index]
     per_row = []
-    for row in tqdm(rows, desc=f"eval {', '.join(names)}", disable=not progress, file=sys.stderr):
-        rec: dict[str, Any] = {"tokens": len(layout(tok, row.context, row.prompt).ids), "reference": row.reference}
+    for i, row in enumerate(tqdm(rows, desc=f"eval {', '.join(names)}", disable=not progress, file=sys.stderr)):
+        rec: dict[str, Any] = dict(old[i]) if old else {"tokens": keys[i][0], "reference": row.reference}
         for key, m in models.items():
             a = greedy_answer(m.model, tok, row.context, row.prompt, r.max_new_tokens)
             rec[key] = score(metric, a, row.reference or "")
             rec[f"{key}_answer"] = a
         per_row.append(rec)
+    everyone = before + names
     mean = lambda k: round(sum(x[k] for x in per_row) / max(1, len(per_row)), 4)  # noqa: E731
     col = lambda k: [x[k] for x in per_row]  # noqa: E731
+    command = ("droidspeak variants eval " + " ".join(shlex.quote(x) for x in names) + f" --n {n}"
+               + (f" --seed {seed}" if seed else "")
+               + (f" --min-tokens {lengths[0]} --max-tokens {lengths[1]}" if lengths != (1024, 4096) else ""))
     return {
-        "task": r.task, "metric": metric, "rows": len(per_row), "base": r.parent, "variants": names,
-        "scores": {k: mean(k) for k in models},
-        "intervals": {k: mean_ci(col(k)).to_dict() for k in models},  # 95% bootstrap over rows
-        "minus_base": {k: paired_diff_ci(col(k), col("base")).to_dict() for k in names},  # paired, same rows
+        "task": r.task, "metric": metric, "rows": len(per_row), "base": r.parent, "variants": everyone,
+        "scores": {k: mean(k) for k in ["base", *everyone]},
+        "intervals": {k: mean_ci(col(k)).to_dict() for k in ["base", *everyone]},  # 95% bootstrap over rows
+        "minus_base": {k: paired_diff_ci(col(k), col("base")).to_dict() for k in everyone},  # paired, same rows
         "seed": seed,
-        "variant": names[0], "variant_score": mean(names[0]), "base_score": mean("base"),
+        "variant": everyone[0], "variant_score": mean(everyone[0]), "base_score": mean("base"),
         "min_tokens": min(x["tokens"] for x in per_row), "max_tokens": max(x["tokens"] for x in per_row),
-        "command": "droidspeak variants eval " + " ".join(shlex.quote(x) for x in names) + f" --n {n}"
-                   + (f" --seed {seed}" if seed else "")
-                   + (f" --min-tokens {lengths[0]} --max-tokens {lengths[1]}" if lengths != (1024, 4096) else ""),
+        "command": f"{add_to['command']}; then {command} --add-to <that result>" if add_to else command,
         "per_row": per_row,
     }
 
