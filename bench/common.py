@@ -44,9 +44,13 @@ def write_result(path: str | Path, data: dict[str, Any]) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def trained_with(name: str | None) -> dict[str, Any] | None:
-    """What a shipped adapter in adapters/ was trained with (its droidspeak.json): its kind, steps, rank,
-    requests per context and the training contexts' token range; None when it is not shipped."""
+def trained_with(name: str | None, result: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """How an adapter was trained: its kind, steps, rank, requests per context and the training contexts' token
+    range. From the evaluation ``result``'s own record where it has one (``variants eval`` writes it), else from
+    the shipped adapter's droidspeak.json in adapters/; None when neither knows it."""
+    rec = ((result or {}).get("trained") or {}).get(name) if name else None
+    if rec:
+        return rec | {"contexts": tuple(rec.get("contexts") or ("?", "?"))}
     p = ROOT / "adapters" / str(name) / "droidspeak.json"
     if not name or not p.is_file():
         return None
@@ -63,25 +67,25 @@ def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return a is not None and b is not None and key(a) == key(b)
 
 
-def _kind(name: str) -> str:
-    """An adapter's kind (lora, alora, top:K) from its droidspeak.json, else from the suffix that
+def _kind(name: str, result: dict[str, Any] | None) -> str:
+    """An adapter's kind (lora, alora, top:K) from how it was trained, else from the suffix that
     ``droidspeak variants train`` gives each kind."""
-    own = trained_with(name)
+    own = trained_with(name, result)
     if own:
         return own["adapter"]
     return "alora" if name.endswith("-alora") else "top:20" if name.endswith("-top20") else "lora"
 
 
-def variant_kinds(names: list[str]) -> tuple[str | None, str | None, str | None]:
+def variant_kinds(names: list[str], result: dict[str, Any] | None = None) -> tuple[str | None, str | None, str | None]:
     """A task's standard LoRA, activated LoRA and top:20 LoRA among ``names``: of each kind, the one named as
     ``droidspeak variants train`` names it (``NAME``, ``NAME-alora``, ``NAME-top20``), else the first; of
     several standard LoRAs, the one trained with the activated one's data budget (like for like)."""
     def pick(kind: str, suffix: str) -> str | None:
-        of_kind = [n for n in names if _kind(n) == kind]
+        of_kind = [n for n in names if _kind(n, result) == kind]
         return next((n for n in of_kind if n.endswith(suffix)), of_kind[0] if of_kind else None)
 
     alora, top = pick("alora", "-alora"), pick("top:20", "-top20")
-    loras = [n for n in names if _kind(n) == "lora"]
-    ref = trained_with(alora or top)
-    lora = next((n for n in loras if same_recipe(trained_with(n), ref)), loras[0] if loras else None)
+    loras = [n for n in names if _kind(n, result) == "lora"]
+    ref = trained_with(alora or top, result)
+    lora = next((n for n in loras if same_recipe(trained_with(n, result), ref)), loras[0] if loras else None)
     return lora, alora, top

@@ -26,10 +26,10 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
+def _recipe_note(name: str, ref: dict | None, notes: list[str], result: dict) -> str:
     """A footnote mark when ``name`` was not trained with the exact variants' data budget (the
     comparison is then not like for like, and the table must say so)."""
-    own = trained_with(name)
+    own = trained_with(name, result)
     if not own or not ref or same_recipe(own, ref):
         return ""
     notes.append(f"- \\* {name}: an earlier recipe, not the exact variants' ({own['steps']} steps, rank {own['rank']}, "
@@ -38,10 +38,34 @@ def _recipe_note(name: str, ref: dict | None, notes: list[str]) -> str:
     return "\\*"
 
 
-def _column_of(name: str) -> str:
+def _column_of(name: str, result: dict) -> str:
     """The table column an adapter of ``name``'s kind would sit in."""
-    kind = (trained_with(name) or {}).get("adapter", "lora")
+    kind = (trained_with(name, result) or {}).get("adapter", "lora")
     return {"lora": "LoRA", "alora": "activated LoRA"}.get(kind, f"LoRA on layers {kind.split(':')[-1]}+")
+
+
+def _other_note(name: str, columns: dict[str, str | None], score: float, interval: str, mark: str, col,
+                result: dict) -> str:
+    """A variant evaluated on a row's rows but not in its columns: an earlier recipe of a kind (kept because the
+    profiled path uses it) or another recipe of the same kind (a point of a recipe search), with how it differs
+    from its column's variant and, for an activated one, its paired ratio to the LoRA column."""
+    own = trained_with(name, result) or {}
+    kind = own.get("adapter", "lora")
+    peer = columns.get(kind)
+    theirs = trained_with(peer, result) or {}
+    diff = ", ".join(f"{k} {own[k]} against {theirs[k]}" for k in ("steps", "rank", "questions")
+                     if own.get(k) is not None and theirs.get(k) is not None and own[k] != theirs[k])
+    text = f"{name}{f' ({diff})' if diff and not mark else ''} {score:.3f}{interval}{mark}"
+    if any((ROOT / "profiles").glob(f"*__{name}.json")):
+        text += " (a receiver of the profiled path)"
+    if kind == "alora" and columns.get("lora"):
+        q = paired_ratio_ci(col(name), col(columns["lora"]))
+        if q:
+            text += f", {q.value:.2f} [{q.low:.2f}, {q.high:.2f}] of the LoRA column (paired)"
+    if own.get("command") and not (ROOT / "adapters" / name).is_dir():
+        text += f" (made by `{own['command']}`, not shipped)"
+    tail = ", trained like the activated variant." if mark else "."
+    return text + f"; the {_column_of(name, result)} column is {peer}{tail}"
 
 
 def _command(cmd: str, path: str) -> str:
@@ -67,11 +91,11 @@ def variants_section() -> list[str]:
         r = json.loads(f.read_text())
         sc = r["scores"]
         names = r["variants"]
-        lora, alora, top = variant_kinds(names)
-        ref = trained_with(alora or top)
+        lora, alora, top = variant_kinds(names, r)
+        ref = trained_with(alora or top, r)
         col = lambda n: [x[n] for x in r["per_row"]]  # noqa: E731
         ci = lambda n: f" [{mean_ci(col(n)).low:.2f}, {mean_ci(col(n)).high:.2f}]"  # noqa: E731
-        cell = lambda n: (f"{sc[n]:.3f}{ci(n)} ({n}{_recipe_note(n, ref, notes)})" if n else "-")  # noqa: E731
+        cell = lambda n: (f"{sc[n]:.3f}{ci(n)} ({n}{_recipe_note(n, ref, notes, r)})" if n else "-")  # noqa: E731
         q = paired_ratio_ci(col(alora), col(lora)) if lora and alora else None
         ratio = f"{q.value:.2f} [{q.low:.2f}, {q.high:.2f}]" if q else "-"
         asked = r["command"].split("--n ", 1)[1].split()[0] if "--n " in r["command"] else None
@@ -79,10 +103,9 @@ def variants_section() -> list[str]:
             notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens: {r['rows']} rows of the {asked} "
                          "asked: the task's held-out split has no more sources of that length (one row per source).")
         for other in (n for n in names if n not in (lora, alora, top)):
-            notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens, on the same rows: {other} "
-                         f"{sc[other]:.3f}{ci(other)}{_recipe_note(other, ref, notes)}"
-                         + (" (a receiver of the profiled path)" if any((ROOT / "profiles").glob(f"*__{other}.json"))
-                            else "") + f"; the {_column_of(other)} column is the one trained like the activated variant.")
+            notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens, on the same rows: "
+                         + _other_note(other, {"lora": lora, "alora": alora, "top:20": top}, sc[other], ci(other),
+                                       _recipe_note(other, ref, notes, r), col, r))
         out.append(f"| {r['task']} ({r['base']}) | {r['metric']} | {r['rows']} | {r['min_tokens']}-{r['max_tokens']} | "
                    f"{sc['base']:.3f} | {cell(lora)} | {cell(alora)} | {cell(top)} | {ratio} | "
                    f"`{_command(r['command'], f'bench/results/{f.name}')}` |")

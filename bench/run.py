@@ -151,13 +151,13 @@ def summary(mode: str, command: str) -> dict:
     ratios, unfair, cis, rows = {}, {}, {}, {}
     for f in sorted(RES.glob("variants_*.json")):
         v = json.loads(f.read_text())
-        lora, alora, _ = variant_kinds(v["variants"])
+        lora, alora, _ = variant_kinds(v["variants"], v)
         if lora and alora and v["scores"].get(lora) and v["rows"] > rows.get(v["task"], 0):  # the most rows of a task
             rows[v["task"]] = v["rows"]
             ratios[v["task"]] = v["scores"][alora] / v["scores"][lora]
             q = paired_ratio_ci([x[alora] for x in v["per_row"]], [x[lora] for x in v["per_row"]])
             cis[v["task"]] = q.to_dict() | {"context_tokens": [v["min_tokens"], v["max_tokens"]]} if q else None
-            own, ref = trained_with(lora), trained_with(alora)
+            own, ref = trained_with(lora, v), trained_with(alora, v)
             if (own or ref) and not same_recipe(own, ref):
                 said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
                 unfair[v["task"]] = (f"{lora} is from an earlier recipe ({said(own)}) than {alora} ({said(ref)}): "

@@ -402,7 +402,7 @@ def test_a_base_and_four_variants_decode_together_as_each_alone():
         assert r.out == want[0, ids.shape[1]:].tolist(), r.model
 
 
-def test_variants_eval_adds_columns_on_the_same_rows(tmp_path):
+def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys):
     """`variants eval --add-to FILE` runs only the new variant, on that evaluation's rows, and keeps its
     columns; other rows, a variant already there, or a file that is no evaluation are one-line errors."""
     from droidspeak.training.variants import evaluate
@@ -414,15 +414,24 @@ def test_variants_eval_adds_columns_on_the_same_rows(tmp_path):
     assert {k: new[k] for k in old} == old  # the earlier columns (and the base's) kept as they were
     assert set(new) - set(old) == {"smollm2-qa-top20", "smollm2-qa-top20_answer"}
     assert both["scores"]["base"] == first["scores"]["base"]
+    # how each was trained travels with the result (the report reads it, not adapters/)
+    assert {k: v["adapter"] for k, v in both["trained"].items()} == {"smollm2-qa-alora": "alora",
+                                                                      "smollm2-qa-top20": "top:20"}
     assert both["command"].startswith(first["command"] + "; then droidspeak variants eval smollm2-qa-top20")
     out = tmp_path / "first.json"
     out.write_text(json.dumps(first))
+    from droidspeak.cli.main import main
+
+    def cli(*args):  # in this process: the models are already loaded
+        capsys.readouterr()
+        code = main(["variants", "eval", *args])
+        return code, capsys.readouterr().err
+
     for extra, message in ((["smollm2-qa-top20", "--seed", "1"], "not that evaluation's rows"),
                            (["smollm2-qa-alora"], "already in that evaluation")):
-        r = _cli("variants", "eval", *extra, "--n", "1", "--min-tokens", "300", "--max-tokens", "500",
-                 "--add-to", str(out))
-        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr[-800:]
+        code, err = cli(*extra, "--n", "1", "--min-tokens", "300", "--max-tokens", "500", "--add-to", str(out))
+        assert code == 2 and message in err and err.count("\n") == 1, err[-800:]
     (tmp_path / "junk.json").write_text("[1, 2]")
-    r = _cli("variants", "eval", "smollm2-qa-top20", "--add-to", str(tmp_path / "junk.json"))
-    assert r.returncode == 2 and "is not the result of" in r.stderr and "Traceback" not in r.stderr
+    code, err = cli("smollm2-qa-top20", "--add-to", str(tmp_path / "junk.json"))
+    assert code == 2 and "is not the result of" in err and "Traceback" not in err
     assert json.loads(out.read_text()) == first  # a refused addition leaves the file as it was

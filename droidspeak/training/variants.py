@@ -85,6 +85,20 @@ def _shipped_meta(name: str) -> dict[str, Any] | None:
     return None
 
 
+def training_record(name: str) -> dict[str, Any] | None:
+    """How a shipped variant was trained, as an evaluation records it beside its scores (so the result still
+    says what it compared once the adapter is gone): kind, steps, rank, requests per context, contexts, command."""
+    meta = _shipped_meta(name)
+    return record_of(meta) if meta else None
+
+
+def record_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of an adapter's droidspeak.json that an evaluation records (see :func:`training_record`)."""
+    r = meta.get("recipe", {})
+    return {"adapter": meta.get("adapter", "lora"), "steps": r.get("steps"), "rank": r.get("rank"),
+            "questions": r.get("questions"), "contexts": r.get("train_lengths"), "command": meta.get("command")}
+
+
 def recipe_of(name: str) -> Recipe | None:
     """The recipe a shipped variant was trained from (``smollm2-qa-alora`` -> ``smollm2-qa``'s)."""
     if name in RECIPES:
@@ -200,14 +214,15 @@ def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: i
     if set(before) & set(names):
         raise DroidspeakError(f"already in that evaluation: {', '.join(sorted(set(before) & set(names)))}")
     metric = tasks.METRIC_OF_TASK[r.task]
-    models = ({} if add_to else {"base": load_model(r.parent)}) | {x: load_model(x) for x in names}
-    tok = next(iter(models.values())).tokenizer
+    base = load_model(r.parent)
+    tok = base.tokenizer
     rows = tasks.generate(r.task, "heldout", n, tok, seed=seed, lengths=lengths)
     keys = [(len(layout(tok, row.context, row.prompt).ids), row.reference) for row in rows]
     old = add_to["per_row"] if add_to else None
-    if old is not None and keys != [(x["tokens"], x["reference"]) for x in old]:
+    if old is not None and keys != [(x["tokens"], x["reference"]) for x in old]:  # checked before loading anything
         raise DroidspeakError(f"these are not that evaluation's rows (give its --n, --seed, --min-tokens and "
                               f"--max-tokens: {add_to['command']})")  # type: ignore[index]
+    models = ({} if add_to else {"base": base}) | {x: load_model(x) for x in names}
     per_row = []
     for i, row in enumerate(tqdm(rows, desc=f"eval {', '.join(names)}", disable=not progress, file=sys.stderr)):
         rec: dict[str, Any] = dict(old[i]) if old else {"tokens": keys[i][0], "reference": row.reference}
@@ -227,6 +242,7 @@ def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: i
         "scores": {k: mean(k) for k in ["base", *everyone]},
         "intervals": {k: mean_ci(col(k)).to_dict() for k in ["base", *everyone]},  # 95% bootstrap over rows
         "minus_base": {k: paired_diff_ci(col(k), col("base")).to_dict() for k in everyone},  # paired, same rows
+        "trained": {k: (add_to or {}).get("trained", {}).get(k) or training_record(k) for k in everyone},
         "seed": seed,
         "variant": everyone[0], "variant_score": mean(everyone[0]), "base_score": mean("base"),
         "min_tokens": min(x["tokens"] for x in per_row), "max_tokens": max(x["tokens"] for x in per_row),
