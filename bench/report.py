@@ -32,7 +32,7 @@ def _recipe_note(name: str, ref: dict | None, notes: list[str], result: dict) ->
     own = trained_with(name, result)
     if not own or not ref or same_recipe(own, ref):
         return ""
-    notes.append(f"- \\* {name}: an earlier recipe, not the exact variants' ({own['steps']} steps, rank {own['rank']}, "
+    notes.append(f"- \\* {name}: another recipe than the exact variants' ({own['steps']} steps, rank {own['rank']}, "
                  f"contexts of {own['contexts'][0]}-{own['contexts'][1]} tokens, against {ref['steps']} steps, contexts "
                  f"of {ref['contexts'][0]}-{ref['contexts'][1]}): not a like-for-like comparison.")
     return "\\*"
@@ -64,7 +64,7 @@ def _other_note(name: str, columns: dict[str, str | None], score: float, interva
             text += f", {q.value:.2f} [{q.low:.2f}, {q.high:.2f}] of the LoRA column (paired)"
     if own.get("command") and not (ROOT / "adapters" / name).is_dir():
         text += f" (made by `{own['command']}`, not shipped)"
-    tail = ", trained like the activated variant." if mark else "."
+    tail = ", trained like the activated variant." if mark and kind == "lora" else "."
     return text + f"; the {_column_of(name, result)} column is {peer}{tail}"
 
 
