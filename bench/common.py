@@ -48,16 +48,15 @@ def trained_with(name: str | None, result: dict[str, Any] | None = None) -> dict
     """How an adapter was trained: its kind, steps, rank, requests per context and the training contexts' token
     range. From the evaluation ``result``'s own record where it has one (``variants eval`` writes it), else from
     the shipped adapter's droidspeak.json in adapters/; None when neither knows it."""
-    rec = ((result or {}).get("trained") or {}).get(name) if name else None
-    if rec:
-        return rec | {"contexts": tuple(rec.get("contexts") or ("?", "?"))}
-    p = ROOT / "adapters" / str(name) / "droidspeak.json"
-    if not name or not p.is_file():
+    from droidspeak.training.variants import record_of
+
+    if not name:
         return None
-    meta = json.loads(p.read_text())
-    r = meta["recipe"]
-    return {"adapter": meta.get("adapter", "lora"), "steps": r.get("steps"), "rank": r.get("rank"),
-            "questions": r.get("questions"), "contexts": tuple(r.get("train_lengths") or ("?", "?"))}
+    rec = ((result or {}).get("trained") or {}).get(name)
+    p = ROOT / "adapters" / name / "droidspeak.json"
+    if not rec and p.is_file():
+        rec = record_of(json.loads(p.read_text()))
+    return rec | {"contexts": tuple(rec.get("contexts") or ("?", "?"))} if rec else None
 
 
 def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

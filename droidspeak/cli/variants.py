@@ -16,7 +16,10 @@ def read_result(path: str) -> dict:
         res = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise DroidspeakError(f"cannot read {path}: {e}") from None
-    if not isinstance(res, dict) or not {"task", "base", "variants", "per_row", "command"} <= res.keys():
+    rows = res.get("per_row") if isinstance(res, dict) else None
+    if (not isinstance(res, dict) or not {"task", "base", "variants", "per_row", "command"} <= res.keys()
+            or not isinstance(rows, list) or not all(isinstance(x, dict) and {"tokens", "reference"} <= x.keys()
+                                                     for x in rows)):
         raise DroidspeakError(f"{path} is not the result of `droidspeak variants eval --out`")
     return res
 
