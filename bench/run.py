@@ -160,7 +160,7 @@ def summary(mode: str, command: str) -> dict:
             own, ref = trained_with(lora, v), trained_with(alora, v)
             if (own or ref) and not same_recipe(own, ref):
                 said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
-                unfair[v["task"]] = (f"{lora} is from an earlier recipe ({said(own)}) than {alora} ({said(ref)}): "
+                unfair[v["task"]] = (f"{lora} is from another recipe ({said(own)}) than {alora} ({said(ref)}): "
                                      "not like for like")
     if unfair:
         out["exact_quality_vs_lora_caveats"] = unfair

@@ -6,12 +6,12 @@ is the mean over the requests of the answer tokens' cross-entropy. What differs 
 adapter may touch, and so how much of the context's cache it shares with its base:
 
 * ``lora``: every projection of every layer. The context runs once *with* gradients and the
-  requests run on copies of its cache, so the backward pass goes through the context once per
+  requests run packed over its cache, so the backward pass goes through the context once per
   step (the same gradients as a batch of ``questions`` full sequences, at a fraction of the cost).
 * ``alora``: an activated LoRA (PEFT ``alora_invocation_tokens``) whose invocation sequence is
   the request turn's header (``<|im_start|>user\\n`` for SmolLM2): it acts on the request and the
   answer only, never on the context before it. So the context goes through the base once,
-  without gradients, and every request trains over a copy of that cache. Its context cache *is*
+  without gradients, and every request trains over that cache. Its context cache *is*
   the base's: shared exactly, with nothing recomputed.
 * ``top:K``: every projection of layers ``K..L-1`` (PEFT ``layers_to_transform``). Layers below
   K stay the base's bit for bit, so plan ``K:L`` over the base's cache is exact.
@@ -91,29 +91,40 @@ def lora_config(adapter: AdapterKind, rank: int, alpha: int, num_layers: int, in
 
 def _requests_loss(model: Any, cache: Any, surface: ModelSurface, requests: list[tuple[list[int], list[int]]],
                    alora: bool) -> torch.Tensor:
-    """Mean over the requests of their answer tokens' cross-entropy, all requests in one batch over
-    the context's cache (right-padded; causal attention keeps pads out of every real token's view)."""
-    B = len(requests)
-    width = max(len(q) + len(a) for q, a in requests)
+    """Mean over the requests of their answer tokens' cross-entropy, computed in ONE forward.
+
+    The requests are packed one after another in a single row over the context's cache, each at the
+    positions it would have alone (right after the context), behind a block-causal mask: a request's
+    token sees the whole context and its own request's earlier tokens, never another request. So
+    each request's logits are those of its own forward over the context, and the context's K/V is
+    read once, not copied once per request (the copies were half of a batched step's forward)."""
     n = cache.get_seq_length()
-    ids = torch.zeros(B, width, dtype=torch.long)
-    labels = torch.full((B, width), -100, dtype=torch.long)
-    mask = torch.zeros(B, n + width, dtype=torch.long)
-    mask[:, :n] = 1
-    for i, (q, a) in enumerate(requests):
-        ids[i, :len(q) + len(a)] = torch.tensor(q + a)
-        labels[i, len(q):len(q) + len(a)] = torch.tensor(a)
-        mask[i, n:n + len(q) + len(a)] = 1
-    batched = surface.fork_cache(cache, batch=B)  # the context's cache, repeated as a view: never written
-    kw = {"alora_offsets": [width] * B} if alora else {}  # the adapter acts on every request token (pads ignored)
-    logits = model(input_ids=ids, attention_mask=mask, cache=batched, use_cache=True, **kw).logits
+    seqs = [q + a for q, a in requests]
+    total = sum(len(s) for s in seqs)
+    ids = torch.tensor([[t for s in seqs for t in s]])
+    positions = torch.cat([torch.arange(n, n + len(s)) for s in seqs]).unsqueeze(0)
+    allowed = torch.zeros(total, n + total, dtype=torch.bool)
+    allowed[:, :n] = True
+    pred, tgt, owner = [], [], []  # where each answer token is predicted, the token, its request
+    at = 0
+    for i, ((q, a), s) in enumerate(zip(requests, seqs)):
+        allowed[at:at + len(s), n + at:n + at + len(s)] = torch.ones(len(s), len(s), dtype=torch.bool).tril()
+        pred += range(at + len(q) - 1, at + len(s) - 1)
+        tgt += a
+        owner += [i] * len(a)
+        at += len(s)
+    dtype = next(p for p in model.parameters()).dtype
+    mask = torch.zeros(1, 1, total, n + total, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    forked = surface.fork_cache(cache)  # the context's cache as a view: never written
+    kw = {"alora_offsets": [total]} if alora else {}  # the adapter acts on every request token
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=forked, use_cache=True,
+                   **kw).logits[0]
     # each request's loss is its own mean over its answer tokens, then the requests are averaged
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    tgt = labels[:, 1:]
-    picked = logp.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    valid = tgt != -100
-    per_req = -(picked * valid).sum(1) / valid.sum(1).clamp_min(1)
-    return per_req.mean()
+    picked = torch.log_softmax(logits[pred].float(), dim=-1).gather(-1, torch.tensor(tgt).unsqueeze(-1)).squeeze(-1)
+    owner_t = torch.tensor(owner)
+    per_req = torch.zeros(len(requests)).index_add(0, owner_t, -picked)
+    counts = torch.bincount(owner_t, minlength=len(requests)).clamp_min(1)
+    return (per_req / counts).mean()
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
