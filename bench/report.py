@@ -582,7 +582,8 @@ def train_step_section() -> list[str]:
     if not r:
         return out + ["(not measured yet: `python bench/train_step.py`)", ""]
     out += [f"One training step on SmolLM2 over real QA training contexts, on {r['machine']['cpu']}, "
-            f"{r['machine']['threads']} threads, {r['date']}; medians over the contexts, each timed every way in the "
+            f"{r['machine']['threads']} threads, {r['date']}; medians over {len(r['rows']) // len(r['median_by_questions'])} "
+            "contexts per row, each timed every way in the "
             f"same run. Command: `{r['command']}`.", "",
             "| requests per context | context forward, no gradients (s) | requests, batched (s) | requests, packed (s) "
             "| packed over batched | activated step (s) | LoRA step (s) | LoRA step / activated step |",
