@@ -32,9 +32,11 @@ def _recipe_note(name: str, ref: dict | None, notes: list[str], result: dict) ->
     own = trained_with(name, result)
     if not own or not ref or same_recipe(own, ref):
         return ""
-    notes.append(f"- \\* {name}: another recipe than the exact variants' ({own['steps']} steps, rank {own['rank']}, "
-                 f"contexts of {own['contexts'][0]}-{own['contexts'][1]} tokens, against {ref['steps']} steps, contexts "
-                 f"of {ref['contexts'][0]}-{ref['contexts'][1]}): not a like-for-like comparison.")
+    said = lambda t: (f"{t['steps']} steps" + (f", {q} request{'s' * (q != 1)} per context"  # noqa: E731
+                                                if (q := t.get("questions")) else "")
+                      + f", contexts of {t['contexts'][0]}-{t['contexts'][1]} tokens")
+    notes.append(f"- \\* {name}: another recipe than the exact variants' ({said(own)}, rank {own['rank']}, against "
+                 f"{said(ref)}): not a like-for-like comparison.")
     return "\\*"
 
 
