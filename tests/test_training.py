@@ -62,9 +62,19 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
-@pytest.mark.parametrize("kind", ["alora", "lora", "top"])
-def test_packed_requests_loss_and_gradients_equal_each_request_alone(tiny, tiny_ids, kind):
-    model = _peft(tiny, kind)
+@pytest.fixture(scope="module")
+def windowed():
+    """Models with sliding-window layers: Gemma 3 (sliding and full layers) and a Mistral sliding on every layer;
+    the 64-token context crosses their 24-token window."""
+    from droidspeak.testing.tiny import SLIDING_WINDOW, tiny_model
+
+    return {"gemma3": tiny_model(arch="gemma3"), "mistral": tiny_model(arch="mistral", sliding_window=SLIDING_WINDOW)}
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora", "top", "alora@gemma3", "lora@mistral"])
+def test_packed_requests_loss_and_gradients_equal_each_request_alone(tiny, windowed, tiny_ids, kind):
+    kind, _, arch = kind.partition("@")
+    model = _peft(windowed[arch] if arch else tiny, kind)
     model.train()
     requests = _requests()
     packed = _requests_loss(model, _context(model, tiny_ids, kind), ModelSurface(model), requests,

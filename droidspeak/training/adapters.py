@@ -103,18 +103,17 @@ def _requests_loss(model: Any, cache: Any, surface: ModelSurface, requests: list
     total = sum(len(s) for s in seqs)
     ids = torch.tensor([[t for s in seqs for t in s]])
     positions = torch.cat([torch.arange(n, n + len(s)) for s in seqs]).unsqueeze(0)
-    allowed = torch.zeros(total, n + total, dtype=torch.bool)
-    allowed[:, :n] = True
+    block = torch.zeros(total, total, dtype=torch.bool)  # which packed tokens each packed token sees
     pred, tgt, owner = [], [], []  # where each answer token is predicted, the token, its request
     at = 0
     for i, ((q, a), s) in enumerate(zip(requests, seqs)):
-        allowed[at:at + len(s), n + at:n + at + len(s)] = torch.ones(len(s), len(s), dtype=torch.bool).tril()
+        block[at:at + len(s), at:at + len(s)] = torch.ones(len(s), len(s), dtype=torch.bool).tril()
         pred += range(at + len(q) - 1, at + len(s) - 1)
         tgt += a
         owner += [i] * len(a)
         at += len(s)
     dtype = next(p for p in model.parameters()).dtype
-    mask = torch.zeros(1, 1, total, n + total, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    mask = _attention_masks(model.config, cache, block, positions[0], dtype)
     forked = surface.fork_cache(cache)  # the context's cache as a view: never written
     kw = {"alora_offsets": [total]} if alora else {}  # the adapter acts on every request token
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=forked, use_cache=True,
@@ -125,6 +124,31 @@ def _requests_loss(model: Any, cache: Any, surface: ModelSurface, requests: list
     per_req = torch.zeros(len(requests)).index_add(0, owner_t, -picked)
     counts = torch.bincount(owner_t, minlength=len(requests)).clamp_min(1)
     return (per_req / counts).mean()
+
+
+def _attention_masks(config: Any, cache: Any, block: torch.Tensor, queries: torch.Tensor, dtype: torch.dtype) -> Any:
+    """The packed row's additive 4D mask(s), as the model takes prepared ones: one mask when its layers all attend
+    alike, else one per layer type (Gemma 3). ``block``: which packed tokens see which ([total, total]); every
+    token sees all the context a layer's cache holds (a sliding-window layer holds only its last tokens), and a
+    sliding-window layer only keys less than the window behind the query's position (as the model's own masks)."""
+    n = cache.get_seq_length()
+
+    def mask(layer: int, window: int | None) -> torch.Tensor:
+        held = cache.layers[layer].keys.shape[-2]
+        keys = torch.cat([torch.arange(n - held, n), queries])
+        ok = torch.cat([torch.ones(len(queries), held, dtype=torch.bool), block], dim=1)
+        if window:
+            ok &= queries[:, None] - keys[None, :] < window
+        return torch.zeros(1, 1, *ok.shape, dtype=dtype).masked_fill(~ok, torch.finfo(dtype).min)
+
+    window = getattr(config, "sliding_window", None)
+    types = list(getattr(config, "layer_types", None) or [])
+    if not window or set(types) == {"full_attention"}:
+        return mask(0, None)
+    if "full_attention" not in types:
+        return mask(0, window)
+    return {"full_attention": mask(types.index("full_attention"), None),
+            "sliding_attention": mask(types.index("sliding_attention"), window)}
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
