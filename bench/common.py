@@ -59,6 +59,15 @@ def trained_with(name: str | None, result: dict[str, Any] | None = None) -> dict
     return rec | {"contexts": tuple(rec.get("contexts") or ("?", "?"))} if rec else None
 
 
+def recipe_words(t: dict[str, Any] | None) -> str:
+    """How an adapter was trained, in words: steps, requests per context (when recorded), context lengths."""
+    if not t:
+        return "unknown"
+    q = t.get("questions")
+    return (f"{t['steps']} steps" + (f", {q} request{'s' * (q != 1)} per context" if q else "")
+            + f", contexts of {t['contexts'][0]}-{t['contexts'][1]} tokens")
+
+
 def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Whether two adapters saw the same data budget (steps, requests per context and context lengths; the rank
     may differ by kind)."""

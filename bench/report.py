@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import same_recipe, trained_with, variant_kinds  # noqa: E402
+from common import recipe_words, same_recipe, trained_with, variant_kinds  # noqa: E402
 
 from droidspeak.harness.study import critical_block  # noqa: E402
 from droidspeak.stats import mean_ci, paired_ratio_ci, relative_drop_ci  # noqa: E402
@@ -32,11 +32,8 @@ def _recipe_note(name: str, ref: dict | None, notes: list[str], result: dict) ->
     own = trained_with(name, result)
     if not own or not ref or same_recipe(own, ref):
         return ""
-    said = lambda t: (f"{t['steps']} steps" + (f", {q} request{'s' * (q != 1)} per context"  # noqa: E731
-                                                if (q := t.get("questions")) else "")
-                      + f", contexts of {t['contexts'][0]}-{t['contexts'][1]} tokens")
-    notes.append(f"- \\* {name}: another recipe than the exact variants' ({said(own)}, rank {own['rank']}, against "
-                 f"{said(ref)}): not a like-for-like comparison.")
+    notes.append(f"- \\* {name}: another recipe than the exact variants' ({recipe_words(own)}, rank {own['rank']}, "
+                 f"against {recipe_words(ref)}): not a like-for-like comparison.")
     return "\\*"
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import same_recipe, trained_with, variant_kinds
+from common import recipe_words, same_recipe, trained_with, variant_kinds
 
 from droidspeak.stats import paired_ratio_ci
 
@@ -159,8 +159,8 @@ def summary(mode: str, command: str) -> dict:
             cis[v["task"]] = q.to_dict() | {"context_tokens": [v["min_tokens"], v["max_tokens"]]} if q else None
             own, ref = trained_with(lora, v), trained_with(alora, v)
             if (own or ref) and not same_recipe(own, ref):
-                said = lambda t: f"{t['steps']} steps, contexts {t['contexts'][0]}-{t['contexts'][1]} tokens" if t else "unknown"  # noqa: E731
-                unfair[v["task"]] = (f"{lora} is from another recipe ({said(own)}) than {alora} ({said(ref)}): "
+                unfair[v["task"]] = (f"{lora} is from another recipe ({recipe_words(own)}) than {alora} "
+                                     f"({recipe_words(ref)}): "
                                      "not like for like")
     if unfair:
         out["exact_quality_vs_lora_caveats"] = unfair

@@ -68,7 +68,7 @@ def main() -> None:
 
     from droidspeak.models import load_model
     from droidspeak.models.surface import ModelSurface
-    from droidspeak.training.adapters import AdapterKind, _requests_loss, invocation_tokens, lora_config
+    from droidspeak.training.adapters import AdapterKind, _requests_loss, context_cache, invocation_tokens, lora_config
     from droidspeak.training.variants import RECIPES, training_groups
 
     r = RECIPES["smollm2-qa"]
@@ -85,8 +85,7 @@ def main() -> None:
         groups = training_groups(replace(r, questions=q), base.tokenizer, args.contexts)
         for prefix, requests in groups[:args.contexts]:
             t0 = time.perf_counter()
-            with torch.no_grad(), model.disable_adapter():
-                cache = model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1).cache
+            cache = context_cache(model, prefix, alora=True)
             ctx_s = time.perf_counter() - t0
             row = {"questions": len(requests), "context_tokens": len(prefix),
                    "request_tokens": sum(len(a) + len(b) for a, b in requests), "context_forward_s": round(ctx_s, 3)}
@@ -99,7 +98,7 @@ def main() -> None:
                 row[f"{name}_loss"] = round(loss.item(), 5)
                 model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            lora_cache = lora(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1).cache
+            lora_cache = context_cache(lora, prefix, alora=False)
             _requests_loss(lora, lora_cache, lora_surface, requests, alora=False).backward()
             row["lora_step_s"] = round(time.perf_counter() - t0, 3)
             lora.zero_grad(set_to_none=True)

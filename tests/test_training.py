@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from droidspeak.models.surface import ModelSurface
-from droidspeak.training.adapters import AdapterKind, _requests_loss, lora_config
+from droidspeak.training.adapters import AdapterKind, _requests_loss, context_cache, lora_config
 
 INVOCATION = [5, 6, 7]
 
@@ -38,11 +38,7 @@ def _requests():
 
 
 def _context(model, ids, kind):
-    ctx = torch.tensor([ids])
-    if kind == "alora":
-        with torch.no_grad(), model.disable_adapter():
-            return model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
-    return model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+    return context_cache(model, ids, alora=kind == "alora")
 
 
 def _one_by_one(model, ids, requests, kind):

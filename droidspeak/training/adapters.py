@@ -126,6 +126,17 @@ def _requests_loss(model: Any, cache: Any, surface: ModelSurface, requests: list
     return (per_req / counts).mean()
 
 
+def context_cache(model: Any, prefix: list[int], alora: bool) -> Any:
+    """A training step's context cache: the base's, without gradients, for an activated adapter (it never
+    sees the context); else the adapter's own, with gradients that flow through the context once, shared
+    by every request's loss."""
+    ctx = torch.tensor([prefix])
+    if alora:
+        with torch.no_grad(), model.disable_adapter():
+            return model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+    return model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+
+
 def _attention_masks(config: Any, cache: Any, block: torch.Tensor, queries: torch.Tensor, dtype: torch.dtype) -> Any:
     """The packed row's additive 4D mask(s), as the model takes prepared ones: one mask when its layers all attend
     alike, else one per layer type (Gemma 3). ``block``: which packed tokens see which ([total, total]); every
@@ -181,12 +192,7 @@ def train_adapter(base: Any, groups: list[tuple[list[int], list[tuple[list[int],
     t0 = time.time()
     bar = tqdm(groups, desc=f"train {adapter}", disable=not progress, file=sys.stderr)
     for prefix, requests in bar:
-        ctx = torch.tensor([prefix])
-        if adapter.kind == "alora":
-            with torch.no_grad(), model.disable_adapter():  # the base's cache: the adapter never sees the context
-                cache = model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
-        else:  # gradients flow through the context once, shared by every request's loss
-            cache = model(input_ids=ctx, use_cache=True, logits_to_keep=1).cache
+        cache = context_cache(model, prefix, alora=adapter.kind == "alora")
         loss = _requests_loss(model, cache, surface, requests, alora=adapter.kind == "alora")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
