@@ -97,3 +97,16 @@ def variant_kinds(names: list[str], result: dict[str, Any] | None = None) -> tup
     ref = trained_with(alora or top, result)
     lora = next((n for n in loras if same_recipe(trained_with(n, result), ref)), loras[0] if loras else None)
     return lora, alora, top
+
+
+def binder_document(tokenizer, tokens: int, seed: int) -> tuple[str, dict]:
+    """The fleet benchmarks' workload: one long document of held-out rows (a staff registry, an order log and,
+    last, a Python file), and one request per task (qa, toolcall, code) about it."""
+    from droidspeak import tasks
+
+    qa = tasks.generate("qa", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
+    tc = tasks.generate("toolcall", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .3),) * 2)[0]
+    code = tasks.generate("code", "heldout", 1, tokenizer, seed=seed, lengths=(int(tokens * .35),) * 2)[0]
+    doc = ("Project binder\n\nPart 1. Staff registry\n" + qa.context + "\n\nPart 2. Order log\n" + tc.context
+           + "\n\nPart 3. Source file under review\n" + code.context)
+    return doc, {"qa": qa, "toolcall": tc, "code": code}

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import provenance, write_result  # noqa: E402
+from common import binder_document, provenance, write_result  # noqa: E402
 
 VARIANT = "smollm2-qa-alora"
 
@@ -56,7 +56,6 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from droidspeak.core.prompt import layout
-    from droidspeak.harness.demo import build_document
     from droidspeak.integrations.vllm import check_vllm
     from droidspeak.integrations.vllm.adapters import export_for_vllm
     from droidspeak.integrations.vllm.run import spawn
@@ -68,7 +67,7 @@ def main() -> int:
     check_vllm()
     model = str(converted_dir(BASES["smollm2-135m-instruct"]))
     tok = AutoTokenizer.from_pretrained(model)
-    doc, requests = build_document(tok, args.tokens, seed=500)
+    doc, requests = binder_document(tok, args.tokens, seed=500)
     p = layout(tok, doc, requests["qa"].prompt)
     ids = list(p.prefix) + list(p.suffix)
     pb = layout(tok, doc, "In one line: what are the parts of this document?")

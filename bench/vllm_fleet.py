@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_fleet import BASE, roles, run_rate, summarize, turn  # noqa: E402
-from common import ROOT, provenance, write_result  # noqa: E402
+from common import ROOT, binder_document, provenance, write_result  # noqa: E402
 from serve_load import _port, start_server, wait_healthy  # noqa: E402
 
 VPY = ROOT / ".venv-vllm" / "bin" / "python"
@@ -103,13 +103,12 @@ def main() -> int:
     if not VPY.exists():
         print("vLLM is not installed: make setup-vllm", file=sys.stderr)
         return 2
-    from droidspeak.harness.demo import build_document
     from droidspeak.integrations.vllm.adapters import export_for_vllm
     from droidspeak.models import load_model
     from droidspeak.paths import adapters_dir
 
     tok = load_model(BASE).tokenizer
-    docs = [build_document(tok, args.tokens, seed=2000 + i) for i in range(args.workflows)]
+    docs = [binder_document(tok, args.tokens, seed=2000 + i) for i in range(args.workflows)]
     fleet = sorted({m for _, m, _, _ in roles(docs[0][1])} - {BASE})
     work = Path(tempfile.mkdtemp(prefix="vllm-fleet-"))
     vllm_version = subprocess.run([str(VPY), "-c", "import vllm; print(vllm.__version__)"],

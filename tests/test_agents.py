@@ -137,7 +137,9 @@ def test_logprobs_chat_completions_and_stream(client):
         if ch.choices and ch.choices[0].logprobs:
             streamed += ch.choices[0].logprobs.content
     assert [t.token for t in streamed] == [t.token for t in lp]
-    assert [round(t.logprob, 4) for t in streamed] == [round(t.logprob, 4) for t in lp]
+    # the streamed request is served from the store (a same-model hit), its logits by another path than the first's:
+    # the same tokens, logprobs equal up to float rounding (rounding both to 4 places split -2.00484 from -2.00486)
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in lp], abs=1e-3)
 
 
 def test_n_choices_share_the_prompt_and_seed_repeats(client):
