@@ -69,6 +69,8 @@ FULL = {
     "fleet8": ["bench/agent_fleet.py"],
     "fleet8-exact": ["bench/agent_fleet.py", "--fleet", "exact", "--rates", "0.01", "0.03", "0.05",
                      "--out", "bench/results/agent_fleet_exact.json"],
+    "fleet8-exact-busy": ["bench/agent_fleet.py", "--fleet", "exact", "--rates", "0.1", "--workflows", "8", "--merge",
+                          "--out", "bench/results/agent_fleet_exact.json"],  # after fleet8-exact: it adds a rate
     "toolcalls": ["bench/tool_calls.py"],
     "grammar": ["bench/grammar_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--compile", "--out", "bench/results/gpu_smoke.json"],
