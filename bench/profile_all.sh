@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DS=.venv/bin/droidspeak
 B=smollm2-135m-instruct
-PAIRS=${PAIRS:-"$B:smollm2-qa $B:smollm2-code $B:smollm2-toolcall smollm2-toolcall:smollm2-code"}
+PAIRS=${PAIRS:-"$B:smollm2-qa $B:smollm2-code $B:smollm2-toolcall smollm2-toolcall:smollm2-code $B:smollm2-code-lora $B:smollm2-toolcall-lora"}
 EXACT=${EXACT:-"$B:smollm2-qa-alora $B:smollm2-code-alora $B:smollm2-toolcall-alora $B:smollm2-qa-top20 $B:smollm2-code-top20 $B:smollm2-toolcall-top20"}
 if [ "${SKIP_PROFILE:-0}" != 1 ]; then
   for pair in $PAIRS; do
