@@ -124,13 +124,19 @@ def memory_bytes(url: str) -> float:
                if ln.startswith("droidspeak:store_bytes") and 'tier="memory"' in ln)
 
 
+def rates_in(mode: dict) -> list[str]:
+    """The rates a mode of a result holds (its other keys are the one-workflow figures), lowest first."""
+    return sorted((k for k in mode if k not in ("kv_bytes_one_workflow", "one_workflow")), key=float)
+
+
 def _earlier(args) -> dict:
     """The result to merge into: it must describe the same fleet, document length and SLO."""
     try:
         r = json.loads(Path(args.out).read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--merge: cannot read {args.out}: {e}")
-    same = (r.get("fleet", "mixed"), r.get("tokens"), r.get("slo_s")) == (args.fleet, args.tokens, args.slo)
+    same = isinstance(r, dict) and (r.get("fleet", "mixed"), r.get("tokens"), r.get("slo_s")) == (
+        args.fleet, args.tokens, args.slo)
     if not same or "modes" not in r:
         raise SystemExit(f"--merge: {args.out} is not an agent_fleet result of the {args.fleet} fleet at "
                          f"{args.tokens} tokens and a {args.slo}s SLO")
@@ -170,11 +176,10 @@ def main() -> int:
                 one: list[dict] = []
                 workflow(url, first_doc, cast(first_req), one, threading.Lock())  # one alone: KV held per conversation
                 mode = {"kv_bytes_one_workflow": memory_bytes(url) - base_bytes, "one_workflow": summarize(one, args.slo)}
-            done = sum(k not in ("kv_bytes_one_workflow", "one_workflow") for k in mode)  # rates measured before
-            for k, rate in enumerate(args.rates, start=done):  # every rate its own documents and arrivals
+            for k, rate in enumerate(args.rates, start=len(rates_in(mode))):  # every rate its own documents and arrivals
                 docs = [binder_document(tok, args.tokens, seed=1000 * (k + 1) + i) for i in range(args.workflows)]
                 reqs = run_rate(url, [(d, cast(r)) for d, r in docs], rate, seed=k)
-                mode[str(rate)] = summarize(reqs, args.slo) | {"workflows": args.workflows, "raw": reqs}
+                mode[str(rate)] = summarize(reqs, args.slo) | {"raw": reqs}
                 s = mode[str(rate)]
                 print(f"share={share} rate={rate}/s: {s['requests_per_s']:.3f} req/s, TTFT p50 {s['ttft_p50_s']:.2f}s "
                       f"p95 {s['ttft_p95_s']:.2f}s, SLO {s['slo_attainment']:.0%} (goodput {s['goodput_rps']:.3f}/s), "
@@ -184,11 +189,10 @@ def main() -> int:
             proc.terminate()
             proc.wait(120)
     sh, no = result["modes"]["sharing"], result["modes"]["no_sharing"]
-    rates = sorted((k for k in sh if k not in ("kv_bytes_one_workflow", "one_workflow")), key=float)
     result["gains"] = {r: {"requests_per_s": sh[r]["requests_per_s"] / no[r]["requests_per_s"],
                            "p95_ttft": no[r]["ttft_p95_s"] / sh[r]["ttft_p95_s"],
                            "goodput": sh[r]["goodput_rps"] / no[r]["goodput_rps"] if no[r]["goodput_rps"] else None}
-                       for r in rates}
+                       for r in rates_in(sh)}
     if earlier:
         result["command"] = f"{earlier['command']}; then {result['command']}"
     result["kv_bytes_per_context"] = {"sharing": sh["kv_bytes_one_workflow"], "no_sharing": no["kv_bytes_one_workflow"]}

@@ -688,9 +688,8 @@ def _fleet8_rows(r: dict) -> list[str]:
     if "fleet8_p95_ttft_gain" not in r:
         return []
     at = f"at {r['fleet8_workflows_per_s']:g} workflows/s" if "fleet8_workflows_per_s" in r else ""
-    good = (f"{r['fleet8_throughput_gain_at_slo']:.1f}x" if r.get("fleet8_throughput_gain_at_slo") is not None
-            else r.get("fleet8_throughput_gain_at_slo_note", "n/a"))
     g = r.get("fleet8_throughput_gain_at_slo")
+    good = f"{g:.1f}x" if g is not None else r.get("fleet8_throughput_gain_at_slo_note", "n/a")
     met = "yes" if (g or 0) >= 3 or good.startswith("unbounded") else "no"
     return [f"| agentic fleet of eight, p95 TTFT without sharing over with ({at}) | {r['fleet8_p95_ttft_gain']:.2f}x | "
             f">= 5x | {'yes' if r['fleet8_p95_ttft_gain'] >= 5 else 'no'} |",
