@@ -61,6 +61,14 @@ def _other_note(name: str, columns: dict[str, str | None], score: float, interva
         q = paired_ratio_ci(col(name), col(columns["lora"]))
         if q:
             text += f", {q.value:.2f} [{q.low:.2f}, {q.high:.2f}] of the LoRA column (paired)"
+    for twin in result.get("variants", []):  # another recipe's like-for-like pair (same data budget, other kind)
+        other = trained_with(twin, result)
+        if twin not in (name, *columns.values()) and other and {kind, other["adapter"]} == {"lora", "alora"} \
+                and same_recipe(own, other):
+            a, b = (name, twin) if kind == "alora" else (twin, name)
+            q = paired_ratio_ci(col(a), col(b))
+            if q:
+                text += f"; {a} over {b}, trained alike: {q.value:.2f} [{q.low:.2f}, {q.high:.2f}] (paired)"
     if own.get("command") and not (ROOT / "adapters" / name).is_dir():
         text += f" (made by `{own['command']}`, not shipped)"
     tail = ", trained like the activated variant." if mark and kind == "lora" else "."
