@@ -63,15 +63,23 @@ def recipe_words(t: dict[str, Any] | None) -> str:
     """How an adapter was trained, in words: steps, requests per context (when recorded), context lengths."""
     if not t:
         return "unknown"
-    q = t.get("questions")
+    q, lr = t.get("questions"), _lr(t)
     return (f"{t['steps']} steps" + (f", {q} request{'s' * (q != 1)} per context" if q else "")
-            + f", contexts of {t['contexts'][0]}-{t['contexts'][1]} tokens")
+            + f", contexts of {t['contexts'][0]}-{t['contexts'][1]} tokens"
+            + (f", learning rate {lr:g}" if lr != _lr({}) else ""))
+
+
+def _lr(t: dict[str, Any]) -> float:
+    """An adapter's learning rate; evaluations recorded before ``--lr`` existed trained at the recipes' default."""
+    from droidspeak.training.variants import Recipe
+
+    return float(t.get("lr") or Recipe.__dataclass_fields__["lr"].default)
 
 
 def same_recipe(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Whether two adapters saw the same data budget (steps, requests per context and context lengths; the rank
-    may differ by kind)."""
-    key = lambda t: (t["steps"], t.get("questions"), t["contexts"])  # noqa: E731
+    """Whether two adapters saw the same data budget (steps, requests per context and context lengths) at the same
+    learning rate; the rank may differ by kind."""
+    key = lambda t: (t["steps"], t.get("questions"), t["contexts"], _lr(t))  # noqa: E731
     return a is not None and b is not None and key(a) == key(b)
 
 

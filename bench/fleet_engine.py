@@ -10,7 +10,9 @@ Measured side by side in one run on this machine (the issue's goals, as ratios):
 * **decode**: tokens/s of one request alone (streamed, ``ignore_eos``) against the weight-read
   bound (the base's weight bytes over this machine's read bandwidth, measured here), and of four
   models of one base decoding at once (the base and three activated variants, all exact or
-  same-model hits of one context) against one alone.
+  same-model hits of one context) against one alone; and, to say where a step goes, a plain step and
+  the step's linears alone (each projection's module on one token, nothing else), with the CLI's weight
+  layout and then with the server's.
 
     .venv/bin/python bench/fleet_engine.py --out bench/results/fleet_engine.json
 """
@@ -90,6 +92,37 @@ class Direct:
         return statistics.median(ts)
 
 
+    def linear_floor(self) -> float:
+        """The matrix-vector kernels' own floor: every linear of one decode step (each layer's projections, in
+        order, then the LM head) applied to one token by its module and nothing else, over the model's own
+        weights (so each is read from memory as a step reads it); the median of 20."""
+        import torch
+
+        lm = self.base.surface.lm
+        mods = [m for layer in self.base.surface.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        mods.append(lm.get_output_embeddings())
+        xs = {m.in_features: torch.randn(1, m.in_features) for m in mods}
+        ts = []
+        with torch.inference_mode():
+            for _ in range(23):
+                t0 = time.perf_counter()
+                for m in mods:
+                    m(xs[m.in_features])
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts[3:])
+
+    def server_layout(self, context: str) -> dict[str, float]:
+        """:meth:`linear_floor` and the activated variant's plain step (:meth:`step`) with the CLI's weight layout,
+        then both again with the server's (``relayout``, which this applies to both models in place: the last
+        thing a run measures), so the server's decode compares with a plain step on the kernels it runs."""
+        from droidspeak.models.layout import relayout
+
+        out = {"linear_floor_default_s": self.linear_floor(), "plain_step_default_s": self.step(context, self.qa)}
+        relayout(self.base.model)
+        relayout(self.qa.model)
+        return out | {"linear_floor_server_s": self.linear_floor(), "plain_step_server_s": self.step(context, self.qa)}
+
+
 def chat(url: str, model: str, context: str, q: str, max_tokens: int, stream: bool = False, times=None) -> dict:
     """One chat completion; streamed, ``times`` gets (arrival, tokens in it) per chunk with text.
 
@@ -148,7 +181,8 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
     together = sum(tokens_per_s(ts, start, end) for ts in streams.values())
     return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together,
                   "decode_window_s": end - start,
-                  "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)}}
+                  "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)},
+                  "layouts": direct.server_layout(ctx)}
 
 
 def main() -> int:
@@ -181,6 +215,9 @@ def main() -> int:
         "decode_alone_over_bound": (1 / s["decode_alone_tokens_s"]) / bound_s,
         "decode_alone_over_plain_step": (1 / s["decode_alone_tokens_s"]) / s["plain_step_s"][VARIANTS[0]],
         "decode_four_over_alone": s["decode_four_tokens_s"] / s["decode_alone_tokens_s"],
+        "linear_floor_over_bound": s["layouts"]["linear_floor_server_s"] / bound_s,
+        "decode_alone_over_plain_step_server_layout": (1 / s["decode_alone_tokens_s"])
+        / s["layouts"]["plain_step_server_s"],
     }
     print(f"exact hit: server {med(s['hit_ttft_s']):.3f}s vs direct {med(s['exact_direct_s']):.3f}s = "
           f"{out['exact_hit_over_direct']:.2f}x; miss: server {med(s['miss_ttft_s']):.3f}s vs full prefill "
@@ -189,6 +226,11 @@ def main() -> int:
           f"weight-read bound of {bound_s * 1000:.1f} ms, {out['decode_alone_over_plain_step']:.2f}x a plain "
           f"transformers step of {s['plain_step_s'][VARIANTS[0]] * 1000:.1f} ms); four models "
           f"{s['decode_four_tokens_s']:.1f} tokens/s = {out['decode_four_over_alone']:.2f}x one alone")
+    lay = s["layouts"]
+    print(f"in the server's weight layout: a plain step {lay['plain_step_server_s'] * 1000:.1f} ms (the server's decode "
+          f"{out['decode_alone_over_plain_step_server_layout']:.2f}x it), the step's linears alone "
+          f"{lay['linear_floor_server_s'] * 1000:.1f} ms ({out['linear_floor_over_bound']:.2f}x the bound; "
+          f"{lay['linear_floor_default_s'] * 1000:.1f} ms in the CLI's layout)")
     write_result(args.out, out)
     return 0
 

@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DS=.venv/bin/droidspeak
 B=smollm2-135m-instruct
-PAIRS=${PAIRS:-"$B:smollm2-qa $B:smollm2-code $B:smollm2-toolcall smollm2-toolcall:smollm2-code $B:smollm2-code-lora $B:smollm2-toolcall-lora"}
-EXACT=${EXACT:-"$B:smollm2-qa-alora $B:smollm2-code-alora $B:smollm2-toolcall-alora $B:smollm2-qa-top20 $B:smollm2-code-top20 $B:smollm2-toolcall-top20"}
+PAIRS=${PAIRS:-"$B:smollm2-qa $B:smollm2-code $B:smollm2-toolcall smollm2-toolcall:smollm2-code $B:smollm2-code-lora $B:smollm2-toolcall-lora $B:smollm2-qa-q16"}
+EXACT=${EXACT:-"$B:smollm2-qa-alora $B:smollm2-code-alora $B:smollm2-toolcall-alora $B:smollm2-qa-top20 $B:smollm2-code-top20 $B:smollm2-toolcall-top20 $B:smollm2-toolcall-alora-s150"}
 if [ "${SKIP_PROFILE:-0}" != 1 ]; then
   for pair in $PAIRS; do
     s=${pair%%:*}; r=${pair##*:}

@@ -52,7 +52,7 @@ def _other_note(name: str, columns: dict[str, str | None], score: float, interva
     kind = own.get("adapter", "lora")
     peer = columns.get(kind)
     theirs = trained_with(peer, result) or {}
-    diff = ", ".join(f"{k} {own[k]} against {theirs[k]}" for k in ("steps", "rank", "questions")
+    diff = ", ".join(f"{k} {own[k]} against {theirs[k]}" for k in ("steps", "rank", "questions", "lr")
                      if own.get(k) is not None and theirs.get(k) is not None and own[k] != theirs[k])
     text = f"{name}{f' ({diff})' if diff and not mark else ''} {score:.3f}{interval}{mark}"
     if any((ROOT / "profiles").glob(f"*__{name}.json")):
@@ -187,6 +187,16 @@ def engine_section() -> list[str]:
             f"{r['decode_alone_over_bound']:.2f}x the bound, {r['decode_alone_over_plain_step']:.2f}x the plain step |",
             f"| four models of one base decoding at once | {m['decode_four_tokens_s']:.1f} tokens/s | "
             f"{m['decode_alone_tokens_s']:.1f} tokens/s one alone | {r['decode_four_over_alone']:.2f}x |"]
+    if "layouts" in m:  # results from before the layouts were measured lack them
+        lay = m["layouts"]
+        out += [f"| a plain step of the same variant in the server's weight layout | "
+                f"{1000 / m['decode_alone_tokens_s']:.1f} ms/token | {lay['plain_step_server_s'] * 1000:.1f} ms "
+                f"({lay['plain_step_default_s'] * 1000:.1f} ms in the CLI's, measured beside it) | "
+                f"{r['decode_alone_over_plain_step_server_layout']:.2f}x the plain step |",
+                f"| the step's linears alone (each projection's module on one token, nothing else) | - | "
+                f"{lay['linear_floor_server_s'] * 1000:.1f} ms in the server's layout "
+                f"({lay['linear_floor_default_s'] * 1000:.1f} ms in the CLI's) | {r['linear_floor_over_bound']:.2f}x "
+                "the bound |"]
     return out + [""]
 
 
@@ -462,7 +472,9 @@ def scattered_section() -> list[str]:
 
 def eval_section() -> list[str]:
     files = sorted(RES.glob("eval_*.json"))
-    out = ["## Held-out evaluation of the chosen plans (about 4K context tokens)", ""]
+    out = ["## Held-out evaluation of the chosen plans", "",
+           "About 4K context tokens, but where a receiver is competent only at shorter contexts (the rows' token "
+           "range says which).", ""]
     if not files:
         return out + ["(not measured yet)", ""]
     out += ["| sender -> receiver | plan | rows (tokens) | metric | full prefill | plan (drop) | full reuse (drop) | "

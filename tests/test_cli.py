@@ -45,10 +45,12 @@ def test_unknown_variant_recipe():
 
 
 def test_recipe_overrides_are_checked_before_training():
-    """`variants train --questions/--rank` refuse what the task cannot do in one line, before loading a model."""
+    """`variants train --questions/--rank/--lr` refuse what the task cannot do in one line, before loading a model."""
     for args, message in ((["smollm2-code", "--questions", "4"], "asks one request per context"),
                           (["smollm2-qa", "--questions", "0"], "--questions must be at least 1"),
-                          (["smollm2-qa", "--adapter", "alora", "--rank", "0"], "--rank must be at least 1")):
+                          (["smollm2-qa", "--adapter", "alora", "--rank", "0"], "--rank must be at least 1"),
+                          (["smollm2-qa", "--lr", "0"], "--lr must lie between 0 and 1"),
+                          (["smollm2-qa", "--lr", "3"], "--lr must lie between 0 and 1")):
         r = _run("variants", "train", *args)
         assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
 

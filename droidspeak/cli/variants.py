@@ -40,7 +40,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
     if args.variants_cmd == "train":
         out = variants.train(args.name, args.adapter, Path(args.out) if args.out else None, args.steps,
                              progress=not args.json, variant=args.variant,
-                             questions=args.questions, rank=args.rank)
+                             questions=args.questions, rank=args.rank, lr=args.lr)
         meta = json.loads((out / "droidspeak.json").read_text())
         emit(args, {"adapter": str(out), "train_wall_s": meta["train_wall_s"], "final_loss": meta["loss_curve"][-1]},
              f"wrote {out} in {meta['train_wall_s']}s (final loss {meta['loss_curve'][-1]})")
@@ -103,6 +103,7 @@ def register(add) -> None:
     vt.add_argument("--steps", type=int, help="override the recipe's step count")
     vt.add_argument("--questions", type=int, help="override the recipe's requests per training context (qa, toolcall)")
     vt.add_argument("--rank", type=int, help="override the recipe's LoRA rank for this adapter kind")
+    vt.add_argument("--lr", type=float, help="override the recipe's learning rate (6e-4)")
     vt.add_argument("--name", dest="variant", help="the variant's name (default NAME, NAME-alora or NAME-topK)")
     vt.add_argument("--out", help="adapter folder (default adapters/<the variant's name>)")
     vt.add_argument("--json", action="store_true")

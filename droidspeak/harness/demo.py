@@ -3,7 +3,8 @@
 The base model reads each task's document once (a staff registry, an order log, a Python file: one
 held-out row per task, at the length where the shipped variants were measured competent, see
 BENCHMARKS.md's variants table); its prefill goes to an in-process store (K/V of every layer, E where
-its peers' plans need it). Then every shipped variant of that task answers the task's request twice:
+its peers' plans need it). Then one shipped variant of each of the task's adapter kinds (see
+:func:`demo_variants`) answers the task's request twice:
 through the store, by the one sharing path the server uses, and with its own full prefill.
 Cache-compatible variants (activated adapters, frozen-bottom LoRAs) reuse the base's cache exactly,
 proven from their weights; standard LoRAs go through their profiled DroidSpeak plan. Each answer is
@@ -26,7 +27,7 @@ from ..models.registry import ModelSpec, adapter_meta
 from ..quality import agreement, kl_divergence, score
 from ..sharing import ShareOptions, serve_prefill
 from ..store import BlockTier, CacheStore
-from ..training.variants import answer_length
+from ..training.variants import answer_length, record_of
 from .reuse import warm_up
 
 WAYS = """Three ways two models share a context here:
@@ -48,13 +49,20 @@ def build_documents(tokenizer, tokens: int, seed: int = 77) -> dict[str, list[ta
 
 
 def demo_variants() -> list[ModelSpec]:
-    """The shipped SmolLM2 variants, one of each task and adapter kind (the first by name: ``smollm2-code``,
-    the profiled path's receiver, not ``smollm2-code-lora``, its like-for-like retraining for the variants table)."""
-    kinds: dict[tuple[str | None, str], ModelSpec] = {}
+    """The shipped SmolLM2 variants, one of each task and adapter kind: the one trained on the most requests
+    (steps x requests per context; a tie goes to the first by name). So QA's LoRA is ``smollm2-qa-q16``, the
+    one competent at its task, and code's is ``smollm2-code``, the receiver of the profiled path."""
+    best: dict[tuple[str | None, str], tuple[int, ModelSpec]] = {}
     for v in shipped_variants():
-        if v.parent == BASE_NAME:
-            kinds.setdefault((v.task, (adapter_meta(v.path) or {}).get("adapter", "lora")), v)  # type: ignore[arg-type]
-    return list(kinds.values())
+        meta = adapter_meta(v.path) if v.parent == BASE_NAME else None
+        if not meta:
+            continue
+        t = record_of(meta)
+        budget = (t["steps"] or 0) * (t["questions"] or 1)
+        key = (v.task, t["adapter"])
+        if key not in best or budget > best[key][0]:
+            best[key] = (budget, v)
+    return [v for _, v in best.values()]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -114,18 +122,19 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"   own     : {r['answer_own'][:110]!r}   [{r['metric']} {r['score_own']:.2f}]")
         print(f"   base    : {r['answer_base'][:110]!r}   [{r['metric']} {r['score_base']:.2f}]")
         print(f"   gold    : {str(r['reference'])[:110]!r}")
-    print(f"\n{'variant':<24} {'requests':>8} {'mean score shared':>17} {'own':>6} {'base':>6}")
+    w = max([24] + [len(r["variant"]) + 1 for r in rows])  # the names' column
+    print(f"\n{'variant':<{w}} {'requests':>8} {'mean score shared':>17} {'own':>6} {'base':>6}")
     for name in dict.fromkeys(r["variant"] for r in rows):
         its = [r for r in rows if r["variant"] == name]
         mean = lambda k: sum(r[k] for r in its) / len(its)  # noqa: E731
-        print(f"{name:<24} {len(its):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
+        print(f"{name:<{w}} {len(its):>8} {mean('score_shared'):>17.2f} {mean('score_own'):>6.2f} "
               f"{mean('score_base'):>6.2f}   ({its[0]['metric']})")
     print("(one document per task is one draw: BENCHMARKS.md's variants table scores each variant on up to 100 "
           "held-out rows of this length, with intervals)")
-    print(f"\n{'variant':<24} {'shared as':<18} {'TTFT shared':>11} {'TTFT own':>9} {'speedup':>8} "
+    print(f"\n{'variant':<{w}} {'shared as':<18} {'TTFT shared':>11} {'TTFT own':>9} {'speedup':>8} "
           f"{'recomputed':>10} {'same answer':>11} {'first-token KL':>14}")
     for r in sorted(rows, key=lambda r: (r["kind"] != "exact-cross-model", r["variant"])):
-        print(f"{r['variant']:<24} {r['kind']:<18} {r['ttft_shared_s']:>10.3f}s {r['ttft_own_s']:>8.3f}s "
+        print(f"{r['variant']:<{w}} {r['kind']:<18} {r['ttft_shared_s']:>10.3f}s {r['ttft_own_s']:>8.3f}s "
               f"{r['ttft_own_s'] / r['ttft_shared_s']:>7.2f}x {r['recomputed']:>7}/{base.num_layers} "
               f"{'yes' if r['same_answer'] else 'no':>11} {r['first_token_kl']:>14.2e}")
     print(f"\n(demo wall time {time.time() - t_start:.0f}s; TTFTs measured side by side in this run, "

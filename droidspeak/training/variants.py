@@ -87,7 +87,8 @@ def _shipped_meta(name: str) -> dict[str, Any] | None:
 
 def training_record(name: str) -> dict[str, Any] | None:
     """How a shipped variant was trained, as an evaluation records it beside its scores (so the result still
-    says what it compared once the adapter is gone): kind, steps, rank, requests per context, contexts, command."""
+    says what it compared once the adapter is gone): kind, steps, rank, requests per context, learning rate, contexts,
+    command."""
     meta = _shipped_meta(name)
     return record_of(meta) if meta else None
 
@@ -96,7 +97,8 @@ def record_of(meta: dict[str, Any]) -> dict[str, Any]:
     """The part of an adapter's droidspeak.json that an evaluation records (see :func:`training_record`)."""
     r = meta.get("recipe", {})
     return {"adapter": meta.get("adapter", "lora"), "steps": r.get("steps"), "rank": r.get("rank"),
-            "questions": r.get("questions"), "contexts": r.get("train_lengths"), "command": meta.get("command")}
+            "questions": r.get("questions"), "lr": r.get("lr"), "contexts": r.get("train_lengths"),
+            "command": meta.get("command")}
 
 
 def recipe_of(name: str) -> Recipe | None:
@@ -133,10 +135,10 @@ def training_groups(r: Recipe, tokenizer: Any, steps: int) -> list[tuple[list[in
 
 def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None = None, steps: int | None = None,
           progress: bool = True, variant: str | None = None, questions: int | None = None,
-          rank: int | None = None) -> Path:
+          rank: int | None = None, lr: float | None = None) -> Path:
     """Train ``name``'s recipe as an adapter of the given kind; returns the adapter folder. The variant is
     called ``variant`` (default: the recipe's name with the kind's suffix, e.g. ``smollm2-qa-alora``);
-    ``steps``, ``questions`` (requests per context) and ``rank`` override the recipe's (recorded)."""
+    ``steps``, ``questions`` (requests per context), ``rank`` and ``lr`` override the recipe's (recorded)."""
     kind = adapter if isinstance(adapter, AdapterKind) else AdapterKind.parse(adapter)
     r = recipe(name)
     if questions is not None and (questions < 1 or (questions > 1 and r.task not in tasks.MULTI_QUESTION_TASKS)):
@@ -144,8 +146,11 @@ def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None =
                               else "--questions must be at least 1")
     if rank is not None and rank < 1:
         raise DroidspeakError("--rank must be at least 1")
+    if lr is not None and not (0 < lr < 1):
+        raise DroidspeakError("--lr must lie between 0 and 1 (the recipes use 6e-4)")
     default = r
-    r = replace(r, questions=questions or r.questions, ranks=r.ranks | ({kind.kind: rank} if rank else {}))
+    r = replace(r, questions=questions or r.questions, ranks=r.ranks | ({kind.kind: rank} if rank else {}),
+                lr=lr or r.lr)
     steps = steps or r.steps
     variant = variant or name + kind.name_suffix
     out = Path(out_dir) if out_dir else adapters_dir() / variant
@@ -161,6 +166,7 @@ def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None =
     cmd = (f"droidspeak variants train {name} --adapter {kind}" + (f" --steps {steps}" if steps != r.steps else "")
            + (f" --questions {r.questions}" if r.questions != default.questions else "")
            + (f" --rank {r.rank(kind)}" if r.rank(kind) != default.rank(kind) else "")
+           + (f" --lr {r.lr:g}" if r.lr != default.lr else "")
            + (f" --name {variant}" if variant != name + kind.name_suffix else ""))
     meta = {
         "name": variant, "parent": r.parent, "task": r.task, "recipe_name": name, "adapter": str(kind),
