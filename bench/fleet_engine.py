@@ -91,7 +91,6 @@ class Direct:
                 ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-
     def linear_floor(self) -> float:
         """The matrix-vector kernels' own floor: every linear of one decode step (each layer's projections, in
         order, then the LM head) applied to one token by its module and nothing else, over the model's own
