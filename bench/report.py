@@ -55,8 +55,8 @@ def _other_note(name: str, columns: dict[str, str | None], score: float, interva
     diff = ", ".join(f"{k} {own[k]} against {theirs[k]}" for k in ("steps", "rank", "questions", "lr")
                      if own.get(k) is not None and theirs.get(k) is not None and own[k] != theirs[k])
     text = f"{name}{f' ({diff})' if diff and not mark else ''} {score:.3f}{interval}{mark}"
-    if any((ROOT / "profiles").glob(f"*__{name}.json")):
-        text += " (a receiver of the profiled path)"
+    if any(not json.loads(f.read_text()).get("exact") for f in (ROOT / "profiles").glob(f"*__{name}.json")):
+        text += " (a receiver of the profiled path)"  # a calibrated profile, not one the weights prove exact
     if kind == "alora" and columns.get("lora"):
         q = paired_ratio_ci(col(name), col(columns["lora"]))
         if q:
