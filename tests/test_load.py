@@ -1,6 +1,6 @@
 """A bounded load test on loopback: twice the measured saturation rate, no 5xx, budgets held.
 
-DROIDSPEAK_LOAD_SECONDS (default 30) sets the overload phase; DROIDSPEAK_LOAD_REPORT=FILE writes
+DROIDSPEAK_LOAD_SECONDS (default 15) sets the overload phase; DROIDSPEAK_LOAD_REPORT=FILE writes
 the figures as JSON (README's reliability section quotes such a run)."""
 
 import asyncio
@@ -76,7 +76,7 @@ async def _open_loop(url: str, rate: float, seconds: float) -> list[tuple[int, f
 
 
 def test_twice_saturation_no_5xx_budgets_held(tmp_path):
-    seconds = float(os.environ.get("DROIDSPEAK_LOAD_SECONDS", "30"))
+    seconds = float(os.environ.get("DROIDSPEAK_LOAD_SECONDS", "15"))
     srv = ServerProc("--models", "smollm2-135m-instruct,smollm2-qa", "--store", "memory:64MB",
                      env={"DROIDSPEAK_MAX_WAITING": "100000"}, log_dir=tmp_path).wait()
     peak = [0.0]

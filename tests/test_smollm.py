@@ -239,20 +239,32 @@ def test_hf_directory_of_another_family_is_refused(tmp_path, smol_base):
     assert r.returncode == 2 and "may not share caches" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_gguf_converts_once_to_safetensors(tmp_path):
-    """A fresh DROIDSPEAK_HOME: the first load converts the GGUF, the second reuses the copy."""
-    code = (
-        "import time, json; from droidspeak.models import BASES, BASE_NAME, load_model; "
-        "from droidspeak.models.gguf import converted_dir; t=time.time(); m=load_model('base'); "
-        "print(json.dumps({'s': time.time()-t, 'id': m.identity, 'dir': str(converted_dir(BASES[BASE_NAME]))}))"
-    )
-    env = {**__import__("os").environ, "DROIDSPEAK_HOME": str(tmp_path)}
-    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                      timeout=600, check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
-    assert runs[0]["id"] == runs[1]["id"]
-    conv = __import__("pathlib").Path(runs[0]["dir"])
-    assert conv.is_relative_to(tmp_path) and (conv / "model.safetensors").is_file()
-    assert runs[1]["s"] < runs[0]["s"]
+def test_fresh_home_converts_the_gguf_once_and_errors_stay_one_line(tmp_path, smol_base):
+    """A fresh DROIDSPEAK_HOME: the first command converts the GGUF (its progress bars included) and a bad
+    plan is still exactly one line on stderr; the next load reuses the converted copy untouched, with the
+    identity of the model converted elsewhere."""
+    import os
+
+    env = {**os.environ, "DROIDSPEAK_HOME": str(tmp_path)}
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text("hello")
+    r = subprocess.run([sys.executable, "-m", "droidspeak", "reuse", "--sender", "base", "--receiver", "base",
+                        "--context", str(ctx), "--prompt", "x", "--plan", "3:99"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "outside the model's layers" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    converted = list((tmp_path / "models").glob("*/model.safetensors"))
+    assert len(converted) == 1, "the command converted the GGUF in the fresh home"
+    before = converted[0].stat()
+    code = ("import json; from droidspeak.models import BASES, BASE_NAME, load_model; "
+            "from droidspeak.models.gguf import converted_dir; m = load_model('base'); "
+            "print(json.dumps({'id': m.identity, 'dir': str(converted_dir(BASES[BASE_NAME]))}))")
+    run = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                    timeout=600, check=True).stdout.strip().splitlines()[-1])
+    assert run["id"] == smol_base.identity
+    assert __import__("pathlib").Path(run["dir"]) == converted[0].parent
+    after = converted[0].stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "converted again"
 
 
 def test_profile_and_eval_cli_on_smollm(tmp_path):
