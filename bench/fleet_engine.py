@@ -10,9 +10,10 @@ Measured side by side in one run on this machine (the issue's goals, as ratios):
 * **decode**: tokens/s of one request alone (streamed, ``ignore_eos``) against the weight-read
   bound (the base's weight bytes over this machine's read bandwidth, measured here), and of four
   models of one base decoding at once (the base and three activated variants, all exact or
-  same-model hits of one context) against one alone; and, to say where a step goes, a plain step and
-  the step's linears alone (each projection's module on one token, nothing else), with the CLI's weight
-  layout and then with the server's.
+  same-model hits of one context) against one alone, as pairs measured back to back (three by
+  default; the figures are their medians, since the machine drifts); and, to say where a step goes,
+  a plain step and the step's linears alone (each projection's module on one token, nothing else),
+  with the CLI's weight layout and then with the server's.
 
     .venv/bin/python bench/fleet_engine.py --out bench/results/fleet_engine.json
 """
@@ -149,8 +150,9 @@ def tokens_per_s(times: list[tuple[float, int]], start: float | None = None, end
     return sum(n for t, n in times if start < t <= end) / (end - start)
 
 
-def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
-    """Each figure beside its direct counterpart, one after the other (the machine drifts)."""
+def measure(url: str, direct: Direct, rows, decode_tokens: int, repeats: int) -> dict:
+    """Each figure beside its direct counterpart, one after the other (the machine drifts); the decode
+    figures are the medians of ``repeats`` pairs (one alone, then four at once)."""
     out: dict[str, list] = {"hit_ttft_s": [], "exact_direct_s": [], "miss_ttft_s": [], "full_direct_s": []}
     q_base = "Summarize the document in one sentence."
     for row in rows:
@@ -163,23 +165,30 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
         assert h["droidspeak"]["kind"] == "exact-cross-model", h["droidspeak"]
         out["hit_ttft_s"].append(h["droidspeak"]["ttft_s"])
         out["exact_direct_s"].append(direct.exact(ctx, row.prompt))
-    # decode: one alone, then the base and three variants at once over one stored context
+    # decode: one alone, then the base and three variants at once over one stored context, as pairs back to back
     ctx = rows[0].context + " (fresh)"
-    alone: list[tuple[float, int]] = []
-    chat(url, VARIANTS[0], ctx, "Write at length about everyone in this registry.", decode_tokens, True, alone)
-    rate_alone = tokens_per_s(alone)
-    streams: dict[str, list[tuple[float, int]]] = {m: [] for m in [BASE] + VARIANTS}
-    threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here.",
-                                                   decode_tokens, True, streams[m])) for m in streams]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    start = max(ts[0][0] for ts in streams.values())  # every request decoding from here on ...
-    end = min(ts[-1][0] for ts in streams.values())  # ... until the first one ends
-    together = sum(tokens_per_s(ts, start, end) for ts in streams.values())
+    alone_runs, four_runs, windows = [], [], []
+    for rep in range(repeats):
+        alone: list[tuple[float, int]] = []
+        chat(url, VARIANTS[0], ctx, f"Write at length about everyone in this registry ({rep}).", decode_tokens, True,
+             alone)
+        alone_runs.append(tokens_per_s(alone))
+        streams: dict[str, list[tuple[float, int]]] = {m: [] for m in [BASE] + VARIANTS}
+        threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here "
+                                                       f"({rep}).", decode_tokens, True, streams[m])) for m in streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        start = max(ts[0][0] for ts in streams.values())  # every request decoding from here on ...
+        end = min(ts[-1][0] for ts in streams.values())  # ... until the first one ends
+        four_runs.append(sum(tokens_per_s(ts, start, end) for ts in streams.values()))
+        windows.append(end - start)
+    med = statistics.median
+    rate_alone, together = med(alone_runs), med(four_runs)
     return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together,
-                  "decode_window_s": end - start,
+                  "decode_alone_runs": alone_runs, "decode_four_runs": four_runs, "decode_window_s": windows,
+                  "decode_four_over_alone_runs": [f / a for f, a in zip(four_runs, alone_runs)],
                   "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)},
                   "layouts": direct.server_layout(ctx)}
 
@@ -187,8 +196,10 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=2048)
-    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--decode-tokens", type=int, default=48)
+    ap.add_argument("--decode-repeats", type=int, default=3, help="pairs of decode measurements (one alone, four "
+                    "at once), back to back; the figures are their medians")
     ap.add_argument("--out", default="bench/results/fleet_engine.json")
     args = ap.parse_args()
     from droidspeak.models import load_model
@@ -200,7 +211,7 @@ def main() -> int:
     direct = Direct()
     proc, url = start_server(",".join([BASE] + VARIANTS))
     try:
-        s = measure(url, direct, rows, args.decode_tokens)
+        s = measure(url, direct, rows, args.decode_tokens, args.decode_repeats)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -213,7 +224,7 @@ def main() -> int:
         "miss_over_full_prefill": med(s["miss_ttft_s"]) / med(s["full_direct_s"]),
         "decode_alone_over_bound": (1 / s["decode_alone_tokens_s"]) / bound_s,
         "decode_alone_over_plain_step": (1 / s["decode_alone_tokens_s"]) / s["plain_step_s"][VARIANTS[0]],
-        "decode_four_over_alone": s["decode_four_tokens_s"] / s["decode_alone_tokens_s"],
+        "decode_four_over_alone": med(s["decode_four_over_alone_runs"]),
         "linear_floor_over_bound": s["layouts"]["linear_floor_server_s"] / bound_s,
         "decode_alone_over_plain_step_server_layout": (1 / s["decode_alone_tokens_s"])
         / s["layouts"]["plain_step_server_s"],

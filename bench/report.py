@@ -186,7 +186,10 @@ def engine_section() -> list[str]:
             f"{m['plain_step_s']['smollm2-qa-alora'] * 1000:.1f} ms | "
             f"{r['decode_alone_over_bound']:.2f}x the bound, {r['decode_alone_over_plain_step']:.2f}x the plain step |",
             f"| four models of one base decoding at once | {m['decode_four_tokens_s']:.1f} tokens/s | "
-            f"{m['decode_alone_tokens_s']:.1f} tokens/s one alone | {r['decode_four_over_alone']:.2f}x |"]
+            f"{m['decode_alone_tokens_s']:.1f} tokens/s one alone | {r['decode_four_over_alone']:.2f}x"
+            + (f" (median of {len(m['decode_four_over_alone_runs'])} pairs back to back: "
+               + ", ".join(f"{x:.2f}" for x in m["decode_four_over_alone_runs"]) + ")"
+               if "decode_four_over_alone_runs" in m else "") + " |"]
     if "layouts" in m:  # results from before the layouts were measured lack them
         lay = m["layouts"]
         out += [f"| a plain step of the same variant in the server's weight layout | "

@@ -47,7 +47,7 @@ QUICK = {
     "fleet": ["bench/serve_load.py", "--models", FLEET, "--workflows", "4", "--rates", "0.05",
               "--out", "bench/results/fleet_load.json"],
     "seal": ["bench/seal_cost.py", "--repeats", "3"],
-    "engine": ["bench/fleet_engine.py", "--n", "2", "--decode-tokens", "32"],
+    "engine": ["bench/fleet_engine.py", "--n", "2", "--decode-tokens", "32", "--decode-repeats", "1"],
     "grammar": ["bench/grammar_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }

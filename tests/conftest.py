@@ -112,8 +112,10 @@ class ServerProc:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(log_dir or tempfile.mkdtemp(), f"server-{self.port}.log"), "w+")
+        # no start-up warm-up unless a test asks (it costs seconds per server; tests time nothing)
+        env = {"DROIDSPEAK_WARMUP_TOKENS": "0", **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(self.port), *args],
-                                     env=dict(os.environ, **(env or {})), stdout=self.log, stderr=subprocess.STDOUT)
+                                     env=dict(os.environ, **env), stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 300):
         import time

@@ -165,3 +165,56 @@ def test_layer_runs_on_a_shared_module_apply_their_own_adapter(tiny):
         with torch.inference_mode():
             want = base.model(input_ids=torch.tensor([ctx + req])).logits[0, -1]
         assert torch.max(torch.abs(got - want)) <= 1e-4, name
+
+
+def test_warm_up_runs_before_serving_through_a_throwaway_store(tiny, tiny_recv):
+    """At start each model prefills a throwaway prompt as a miss does, before the loop serves: /health says
+    503 "starting" meanwhile and "ok" after; the node's own store holds nothing of it; answers stay exact."""
+    from fastapi.testclient import TestClient
+
+    from droidspeak.serving.api import create_app
+
+    host = ModelHost.of([Hosted("a", "full", None, tiny), Hosted("b", "full", None, tiny_recv)])
+    store = CacheStore(MemoryBackend(1 << 28))
+    eng = Engine(host, store, Settings(warmup_tokens=300, prefill_chunk=64))
+    release, calls = threading.Event(), []
+    real = eng.runner.warm_up
+
+    def gated(tokens):
+        calls.append(tokens)
+        assert release.wait(30)
+        real(tokens)
+
+    eng.runner.warm_up = gated
+    eng.external = True  # the loop runs on a thread of this test, as `serve` runs it on its main thread
+    threading.Thread(target=eng.run, daemon=True).start()
+    try:
+        with TestClient(create_app(eng)) as client:
+            while not calls:
+                threading.Event().wait(0.01)
+            r = client.get("/health")
+            assert r.status_code == 503 and r.json()["status"] == "starting"
+            release.set()
+            while not eng.running:
+                threading.Event().wait(0.01)
+            assert client.get("/health").json()["status"] == "ok"
+            assert calls == [300] and all(t["bytes"] == 0 for t in store.tier_stats())
+            g = torch.Generator().manual_seed(5)
+            ids = torch.randint(3, 256, (90,), generator=g).tolist()
+            r, done = _submit(eng, "b", ids, 6)
+            assert done.wait(60) and r.out == _generate(tiny_recv, ids, 6)
+    finally:
+        release.set()
+        eng.stop()
+
+
+def test_warm_up_prefills_each_group_once_within_the_model_length(tiny, monkeypatch):
+    """The warm-up's prompt is clamped to the model's positions (the tiny model has 1024), once per decode group."""
+    import droidspeak.sharing.path as path
+
+    seen, orig = [], path.serve_prefill
+    monkeypatch.setattr(path, "serve_prefill", lambda m, store, prompt, opts, **kw: seen.append((m.name, len(prompt.ids)))
+                        or orig(m, store, prompt, opts, **kw))
+    host = ModelHost.of([Hosted("a", "full", None, tiny)])
+    Engine(host, None, Settings(warmup_tokens=5000)).runner.warm_up(5000)
+    assert seen == [(tiny.name, 1022)]

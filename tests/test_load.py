@@ -78,7 +78,8 @@ async def _open_loop(url: str, rate: float, seconds: float) -> list[tuple[int, f
 def test_twice_saturation_no_5xx_budgets_held(tmp_path):
     seconds = float(os.environ.get("DROIDSPEAK_LOAD_SECONDS", "15"))
     srv = ServerProc("--models", "smollm2-135m-instruct,smollm2-qa", "--store", "memory:64MB",
-                     env={"DROIDSPEAK_MAX_WAITING": "100000"}, log_dir=tmp_path).wait()
+                     env={"DROIDSPEAK_MAX_WAITING": "100000", "DROIDSPEAK_WARMUP_TOKENS": "2048"},  # as deployed
+                     log_dir=tmp_path).wait()
     peak = [0.0]
     stop = threading.Event()
 
@@ -116,7 +117,7 @@ def test_twice_saturation_no_5xx_budgets_held(tmp_path):
         assert store_bytes <= BUDGET, report
         assert peak[0] < 6000, report
         assert queued >= len(res) and httpx.get(srv.url + "/health").json()["status"] == "ok"
-        assert "Traceback" not in srv.logs()
+        assert "Traceback" not in srv.logs() and "warm-up failed" not in srv.logs()
     finally:
         stop.set()
         srv.stop()

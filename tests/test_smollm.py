@@ -447,3 +447,24 @@ def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys):
     code, err = cli("smollm2-qa-top20", "--add-to", str(tmp_path / "junk.json"))
     assert code == 2 and "is not the result of" in err and "Traceback" not in err
     assert json.loads(out.read_text()) == first  # a refused addition leaves the file as it was
+
+
+def test_variants_eval_stops_where_the_server_does(smol_base):
+    """`variants eval` answers through Hugging Face `generate`; it stops at the end of the turn even where
+    the model's generation config names another end (a converted Gemma 3's names `<eos>` only), so its
+    answer is the server's greedy answer, not that answer followed by whatever comes after the turn."""
+    from droidspeak.core.decode import greedy
+    from droidspeak.core.prompt import layout
+    from droidspeak.training.variants import greedy_answer
+
+    tok, cfg = smol_base.tokenizer, smol_base.model.generation_config
+    saved = cfg.eos_token_id
+    cfg.eos_token_id = tok.convert_tokens_to_ids("<|endoftext|>")  # the turn's end <|im_end|> left out
+    try:
+        got = greedy_answer(smol_base.model, tok, CONTEXT, REQUEST, 24)
+    finally:
+        cfg.eos_token_id = saved
+    own = full_prefill(smol_base, layout(tok, CONTEXT, REQUEST).ids)
+    ids = greedy(smol_base, own, 24, stop_ids(tok))
+    assert len(ids) < 24, "the server's answer ends before the budget (else the test shows nothing)"
+    assert got == tok.decode(ids, skip_special_tokens=True)

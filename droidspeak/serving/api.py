@@ -188,6 +188,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if engine.warming:  # not ready yet: a load balancer keeps traffic away until the warm-up ends
+            return JSONResponse({"status": "starting", "models": list(engine.host.models)}, status_code=503)
         return {"status": "ok" if engine.running and not engine.stopping else "stopping",
                 "models": list(engine.host.models), **engine.load()}
 

@@ -48,6 +48,9 @@ class Settings:
     max_waiting: int = _f(64, "DROIDSPEAK_MAX_WAITING", "queued requests beyond this get 503")
     max_batch: int = _f(8, "DROIDSPEAK_MAX_BATCH", "requests decoded together per model")
     prefill_chunk: int = _f(1024, "DROIDSPEAK_PREFILL_CHUNK", "tokens per prefill step (others decode in between)")
+    warmup_tokens: int = _f(2048, "DROIDSPEAK_WARMUP_TOKENS", "tokens of a throwaway prompt each decode group "
+                            "prefills as a miss at start, before /health says ok, so the first request pays no "
+                            "one-time costs (0: none)")
     ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
     policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile",
                      choices=POLICIES)

@@ -48,12 +48,20 @@ class Engine:
         self._counts: dict[str, int] = {}  # running requests per model, as the gauge last said
         self.started = time.time()
         self.external = False  # the loop runs where its owner calls run() (the main thread); the app starts none
+        self.warming = False  # prefilling the start's throwaway prompt (/health says "starting")
         self._running = threading.Event()
         self._done = threading.Event()
 
     # ------------------------------------------------------------------ public (any thread)
     def run(self) -> None:
-        """Serve until stopped: the loop, in the calling thread."""
+        """Serve until stopped: the loop, in the calling thread (after the warm-up, on the same thread)."""
+        self.warming = True
+        try:
+            self.runner.warm_up(self.settings.warmup_tokens)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first request pays it
+            log.warning("warm-up failed, serving without it: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            self.warming = False
         self._running.set()
         try:
             self._loop()
@@ -62,9 +70,11 @@ class Engine:
             self._done.set()
 
     def start(self) -> "Engine":
-        """Serve on a thread of its own."""
-        threading.Thread(target=self.run, name="droidspeak-engine", daemon=True).start()
-        self._running.wait(5)
+        """Serve on a thread of its own (returns once it serves, after the warm-up)."""
+        t = threading.Thread(target=self.run, name="droidspeak-engine", daemon=True)
+        t.start()
+        while not self._running.wait(0.05) and t.is_alive():
+            pass
         return self
 
     @property

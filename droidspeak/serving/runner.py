@@ -17,7 +17,7 @@ from ..sharing.decide import PlanFloor
 from ..sharing.path import prefill_steps
 from ..store.cache import CacheStore
 from .config import Settings
-from .host import ModelHost
+from .host import Hosted, ModelHost
 from .request import Request
 from .scheduler import DecodeGroup
 
@@ -32,6 +32,31 @@ class ModelRunner:
         opts = self.settings.share_options(waiting, room=r.max_tokens + 1)
         r.steps = prefill_steps(self.host.get(r.model).loaded, self.store, r.prompt, opts, hosted=self.host.weights(),
                                 guard=self.guard)
+
+    def warm_up(self, tokens: int) -> None:
+        """Before the first request: one model of each decode group prefills a throwaway prompt of ``tokens``
+        tokens the way a miss does (in chunks, its context captured into a throwaway in-process store, then
+        dropped). The first long prefill of a process pays one-time costs (measured here on 2K tokens: a
+        server's first miss 1.4-1.6 s slower than its next ones); they land here, before /health says ok."""
+        if tokens <= 0:
+            return
+        from ..core.prompt import PromptTokens
+        from ..sharing.path import serve_prefill
+        from ..store.node import open_store
+
+        groups: dict[str, Hosted] = {}
+        for h in self.host.models.values():  # the group's base where it is served, else its first member
+            key = h.group or h.name
+            if key not in groups or h.adapter is None and groups[key].adapter is not None:
+                groups[key] = h
+        for h in groups.values():
+            m = h.loaded
+            limit = getattr(getattr(m.model, "config", None), "max_position_embeddings", None) or tokens + 2
+            n = max(2, min(tokens, self.settings.max_model_len, limit) - 2)
+            vocab = max(16, m.family.vocab_size - 8)
+            ids = [8 + (i * 31) % vocab for i in range(n)]
+            serve_prefill(m, open_store("memory:1GB"), PromptTokens(tuple(ids[:-1]), (ids[-1],)),
+                          self.settings.share_options(0, room=2), hosted=self.host.weights())
 
     def prefill_step(self, r: Request) -> PrefillResult | None:
         """Advance ``r``'s prefill by one step; its result when it ends, else None."""

@@ -78,10 +78,11 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
                  hosted: Iterable[WeightSummary] = (), profiles: ProfileIndex | None = None,
                  reason: str = "no usable stored prefix", refused: tuple[str, ...] = ()
                  ) -> Generator[int, None, PrefillResult]:
-    """The receiver's own prefill as one pass that both answers and is stored: the first tokens run in
-    chunks on the request's own cache (recording the E its peers need: :mod:`.peers`), the rest on top,
-    then the stored part of that very cache goes to the store (one copy into the in-process tier; the
-    byte tiers from the writer). The same model with nothing recomputed is exactly its own prefill."""
+    """The receiver's own prefill as one pass that both answers and is stored: the whole prompt runs in
+    chunks on the request's own cache (recording the E its peers need: :mod:`.peers`), the request's own
+    tokens in the last chunk, then the stored part of that very cache (its first ``n`` tokens, all before
+    an activated adapter acts) goes to the store (one copy into the in-process tier; the byte tiers from
+    the writer). The same model with nothing recomputed is exactly its own prefill."""
     ids = prompt.ids
     n = capture_length(receiver, ids, store.block if store is not None else 1)
     if n <= 0:  # nothing worth capturing: the model's own prefill in one step
@@ -95,25 +96,21 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
         return (yield from _miss_with_capture(receiver, store, prompt, opts, n, e_layers, reason, refused))
     at = activation_point(ids, receiver.activation)  # an activated adapter acts from here: the first n are its base's
     parts: dict[int, list[torch.Tensor]] = {}
-    step = opts.chunk or n
+    step = opts.chunk or len(ids)
     t0 = time.perf_counter()
-    for i in range(0, n, step):
+    for i in range(0, len(ids), step):  # chunks need not end at n: a token's K/V and E do not depend on them
         with torch.inference_mode(), surface.recording_inputs(e_layers, parts):  # only this request's chunks
-            surface.forward(torch.tensor([ids[i:min(i + step, n)]]), cache, 1, at)
-        if i + step < n:
+            logits = surface.forward_tokens(torch.tensor([ids[i:i + step]]), cache, at)
+        if i + step < len(ids):
             yield i + step
-    t_capture = time.perf_counter() - t0
-    with torch.inference_mode():
-        logits = surface.forward_tokens(torch.tensor([ids[n:]]), cache, at)
-    suffix_s = time.perf_counter() - t0 - t_capture
     info = ReuseInfo(ShareKind.MISS, reason=reason, missing=refused)
     if store is not None:
-        e = {layer: torch.cat(p, dim=1) if len(p) > 1 else p[0] for layer, p in parts.items() if p}
+        e = {layer: (torch.cat(p, dim=1) if len(p) > 1 else p[0])[:, :n] for layer, p in parts.items() if p}
         info.stored_tokens = store.put_context(receiver.family, receiver.capture_weights, ids[:n], receiver.num_layers,
                                                lambda layer: (cache.layers[layer]._k[:, :, :n],
                                                               cache.layers[layer]._v[:, :, :n]), e)
-    return PrefillResult(cache, logits, list(range(receiver.num_layers)), info,
-                         Timings(time.perf_counter() - t0, t_capture, suffix_s), at)
+    t = time.perf_counter() - t0
+    return PrefillResult(cache, logits, list(range(receiver.num_layers)), info, Timings(t, t), at)
 
 
 def _miss_with_capture(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, opts: ShareOptions,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .. import tasks
+from ..core.decode import stop_ids
 from ..core.prompt import answer_tokens, layout
 from ..errors import DroidspeakError
 from ..models import BASE_NAME, load_model, shipped_variants
@@ -192,10 +193,13 @@ def train(name: str, adapter: str | AdapterKind = "lora", out_dir: Path | None =
 @torch.inference_mode()
 def greedy_answer(model: Any, tok: Any, context: str, request: str, max_new_tokens: int) -> str:
     """The model's greedy answer to a request over a context with its own full prefill (Hugging
-    Face ``generate``; PEFT's own for an activated adapter, which finds its invocation itself)."""
+    Face ``generate``; PEFT's own for an activated adapter, which finds its invocation itself). It stops
+    where the server's decode stops (:func:`~droidspeak.core.decode.stop_ids`: the end of the turn too,
+    which a converted Gemma 3's generation config leaves out)."""
     ids = torch.tensor([layout(tok, context, request).ids])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                         do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                         eos_token_id=sorted(stop_ids(tok)))
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
