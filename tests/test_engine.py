@@ -208,13 +208,14 @@ def test_warm_up_runs_before_serving_through_a_throwaway_store(tiny, tiny_recv):
         eng.stop()
 
 
-def test_warm_up_prefills_each_group_once_within_the_model_length(tiny, monkeypatch):
-    """The warm-up's prompt is clamped to the model's positions (the tiny model has 1024), once per decode group."""
+def test_warm_up_prefills_each_group_once_within_the_model_length(tiny, tiny_recv, monkeypatch):
+    """The warm-up's prompt is clamped to the model's positions (the tiny models have 1024), once per decode
+    group (two full models: two groups)."""
     import droidspeak.sharing.path as path
 
     seen, orig = [], path.serve_prefill
     monkeypatch.setattr(path, "serve_prefill", lambda m, store, prompt, opts, **kw: seen.append((m.name, len(prompt.ids)))
                         or orig(m, store, prompt, opts, **kw))
-    host = ModelHost.of([Hosted("a", "full", None, tiny)])
+    host = ModelHost.of([Hosted("a", "full", None, tiny), Hosted("b", "full", None, tiny_recv)])
     Engine(host, None, Settings(warmup_tokens=5000)).runner.warm_up(5000)
-    assert seen == [(tiny.name, 1022)]
+    assert seen == [(tiny.name, 1022), (tiny_recv.name, 1022)]

@@ -155,6 +155,29 @@ def test_partial_hit_runs_the_rest_of_the_prefix(tiny, prompt):
     assert hit.tokens == 64 and torch.max(torch.abs(got.logits - full_prefill(tiny, longer.ids).logits)) <= ATOL
 
 
+@pytest.mark.parametrize("chunk", [None, 24])
+def test_a_miss_stores_what_a_capture_would(tiny, tiny_recv, prompt, chunk, monkeypatch):
+    """A miss prefills the whole prompt on its own cache, in chunks whose last one straddles the end of the
+    stored part (64 of 69 tokens), answers as a full prefill, and stores the first 64 tokens' K/V and E: a
+    profiled hit from them equals one from a capture of those tokens."""
+    import droidspeak.sharing.path as path
+    from droidspeak.kinds import ShareKind
+    from droidspeak.sharing.options import ShareOptions
+
+    monkeypatch.setattr(path, "needed_e_layers", lambda *a, **k: list(range(6)))  # as if a peer needed every E
+    store = CacheStore(MemoryBackend(1 << 30))
+    res = path.serve_prefill(tiny, store, prompt, ShareOptions(chunk=chunk))
+    assert res.info.kind == ShareKind.MISS and res.info.stored_tokens == 64
+    assert torch.max(torch.abs(res.logits - full_prefill(tiny, prompt.ids).logits)) <= ATOL
+    hit = store.lookup(tiny.family, prompt.prefix)[0]
+    for plan in ("2:4", "1:3,4:6"):
+        p = RecomputePlan.parse(plan, 6)
+        got = prefill_from_store(tiny_recv, store, hit, p, prompt)
+        want = partial_prefill(tiny_recv, capture(tiny, list(prompt.prefix), e_layers=p.transition_layers), p,
+                               prompt.suffix)
+        assert torch.max(torch.abs(got.logits - want.logits)) <= ATOL and not got.info.missing, plan
+
+
 def _damage(store, tiny, hit, kind, layer, how):
     key = store.keys.entry(tiny.family.digest, hit.sender, hit.chain, layer, TensorKind(kind))
     raw = store.backend.get(key)

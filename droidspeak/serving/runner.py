@@ -45,8 +45,8 @@ class ModelRunner:
         from ..store.node import open_store
 
         groups: dict[str, Hosted] = {}
-        for h in self.host.models.values():  # the group's base where it is served, else its first member
-            key = h.group or h.name
+        for name, h in self.host.models.items():  # the group's base where it is served, else its first member
+            key = self.host.group_of(name)
             if key not in groups or h.adapter is None and groups[key].adapter is not None:
                 groups[key] = h
         for h in groups.values():

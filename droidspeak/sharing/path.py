@@ -99,13 +99,14 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
     step = opts.chunk or len(ids)
     t0 = time.perf_counter()
     for i in range(0, len(ids), step):  # chunks need not end at n: a token's K/V and E do not depend on them
-        with torch.inference_mode(), surface.recording_inputs(e_layers, parts):  # only this request's chunks
+        # E of this request's chunks only, and none of a chunk wholly past the stored part
+        with torch.inference_mode(), surface.recording_inputs(e_layers if i < n else (), parts):
             logits = surface.forward_tokens(torch.tensor([ids[i:i + step]]), cache, at)
         if i + step < len(ids):
             yield i + step
     info = ReuseInfo(ShareKind.MISS, reason=reason, missing=refused)
     if store is not None:
-        e = {layer: (torch.cat(p, dim=1) if len(p) > 1 else p[0])[:, :n] for layer, p in parts.items() if p}
+        e = {layer: torch.cat(p, dim=1) if len(p) > 1 else p[0] for layer, p in parts.items() if p}  # >= n tokens
         info.stored_tokens = store.put_context(receiver.family, receiver.capture_weights, ids[:n], receiver.num_layers,
                                                lambda layer: (cache.layers[layer]._k[:, :, :n],
                                                               cache.layers[layer]._v[:, :, :n]), e)
