@@ -36,8 +36,8 @@ class ModelRunner:
     def warm_up(self, tokens: int) -> None:
         """Before the first request: one model of each decode group prefills a throwaway prompt of ``tokens``
         tokens the way a miss does (in chunks, its context captured into a throwaway in-process store, then
-        dropped). The first long prefill of a process pays one-time costs (measured here on 2K tokens: a
-        server's first miss 1.4-1.6 s slower than its next ones); they land here, before /health says ok."""
+        dropped). The first long prefill of a process pays one-time costs (on 2K tokens here, a server's
+        first miss ran over a second slower than its next ones); they land here, before /health says ok."""
         if tokens <= 0:
             return
         from ..core.prompt import PromptTokens
