@@ -77,19 +77,26 @@ class Direct:
 
         return full_prefill(self.base, layout(self.base.tokenizer, context, q).ids, room=2).timings.prefill_s
 
-    def step(self, context: str, model) -> float:
-        """A plain transformers decode step (one token on the prompt's cache), the median of 20."""
+    def step(self, context: str, model, peft: bool = False) -> float:
+        """A plain transformers decode step (one token on the prompt's cache), the median of 20; ``peft``: the
+        adapter's LoRA layers run PEFT's own forward (as before the router's lean path) instead of the lean one."""
         import torch
 
         from droidspeak import full_prefill, layout
 
         res = full_prefill(model, layout(model.tokenizer, context, "Go on.").ids, room=32)
+        router = model.surface.router
+        if peft:
+            router._leanable = lambda names: False  # this instance only, for this measurement
         ts = []
-        with torch.inference_mode():
-            for _ in range(20):
-                t0 = time.perf_counter()
-                model.surface.forward(torch.tensor([[1000]]), res.cache, 1, res.activation_at)
-                ts.append(time.perf_counter() - t0)
+        try:
+            with torch.inference_mode():
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    model.surface.forward(torch.tensor([[1000]]), res.cache, 1, res.activation_at)
+                    ts.append(time.perf_counter() - t0)
+        finally:
+            router.__dict__.pop("_leanable", None)
         return statistics.median(ts)
 
     def linear_floor(self) -> float:
@@ -189,7 +196,8 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int, repeats: int) ->
     return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together,
                   "decode_alone_runs": alone_runs, "decode_four_runs": four_runs, "decode_window_s": windows,
                   "decode_four_over_alone_runs": [f / a for f, a in zip(four_runs, alone_runs)],
-                  "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa)},
+                  "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa),
+                                   VARIANTS[0] + " (PEFT's forward)": direct.step(ctx, direct.qa, peft=True)},
                   "layouts": direct.server_layout(ctx)}
 
 
@@ -225,6 +233,8 @@ def main() -> int:
         "decode_alone_over_bound": (1 / s["decode_alone_tokens_s"]) / bound_s,
         "decode_alone_over_plain_step": (1 / s["decode_alone_tokens_s"]) / s["plain_step_s"][VARIANTS[0]],
         "decode_four_over_alone": med(s["decode_four_over_alone_runs"]),
+        "variant_step_over_base_step": s["plain_step_s"][VARIANTS[0]] / s["plain_step_s"]["base"],
+        "peft_step_over_lean_step": s["plain_step_s"][VARIANTS[0] + " (PEFT's forward)"] / s["plain_step_s"][VARIANTS[0]],
         "linear_floor_over_bound": s["layouts"]["linear_floor_server_s"] / bound_s,
         "decode_alone_over_plain_step_server_layout": (1 / s["decode_alone_tokens_s"])
         / s["layouts"]["plain_step_server_s"],
@@ -236,6 +246,9 @@ def main() -> int:
           f"weight-read bound of {bound_s * 1000:.1f} ms, {out['decode_alone_over_plain_step']:.2f}x a plain "
           f"transformers step of {s['plain_step_s'][VARIANTS[0]] * 1000:.1f} ms); four models "
           f"{s['decode_four_tokens_s']:.1f} tokens/s = {out['decode_four_over_alone']:.2f}x one alone")
+    print(f"a plain step: the base {s['plain_step_s']['base'] * 1000:.1f} ms, the variant "
+          f"{out['variant_step_over_base_step']:.2f}x it; through PEFT's own LoRA forward "
+          f"{out['peft_step_over_lean_step']:.2f}x the lean path")
     lay = s["layouts"]
     print(f"in the server's weight layout: a plain step {lay['plain_step_server_s'] * 1000:.1f} ms (the server's decode "
           f"{out['decode_alone_over_plain_step_server_layout']:.2f}x it), the step's linears alone "

@@ -190,6 +190,15 @@ def engine_section() -> list[str]:
             + (f" (median of {len(m['decode_four_over_alone_runs'])} pairs back to back: "
                + ", ".join(f"{x:.2f}" for x in m["decode_four_over_alone_runs"]) + ")"
                if "decode_four_over_alone_runs" in m else "") + " |"]
+    if "peft_step_over_lean_step" in r:  # results from before the router's lean path lack it
+        ps = m["plain_step_s"]
+        via_peft = ps["smollm2-qa-alora (PEFT's forward)"]
+        out += [f"| a plain step of the variant, its LoRA layers on the router's lean path | "
+                f"{ps['smollm2-qa-alora'] * 1000:.1f} ms | {ps['base'] * 1000:.1f} ms (the base's plain step) | "
+                f"{r['variant_step_over_base_step']:.2f}x the base |",
+                f"| the same step through PEFT's own LoRA forward | "
+                f"{via_peft * 1000:.1f} ms | "
+                f"{ps['smollm2-qa-alora'] * 1000:.1f} ms (the lean path) | {r['peft_step_over_lean_step']:.2f}x |"]
     if "layouts" in m:  # results from before the layouts were measured lack them
         lay = m["layouts"]
         out += [f"| a plain step of the same variant in the server's weight layout | "

@@ -223,6 +223,8 @@ def summary(mode: str, command: str) -> dict:
                     "decode_alone_over_weight_read_bound": fe["decode_alone_over_bound"],
                     "decode_four_models_over_one": fe["decode_four_over_alone"],
                     "engine_command": fe["command"]})
+        if "variant_step_over_base_step" in fe:  # results from before the router's lean path lack it
+            out["decode_variant_step_over_base_step"] = fe["variant_step_over_base_step"]
     gc = _load("grammar_cost.json")
     if gc:
         out["grammar_overhead_per_token"] = gc["served"]["overhead_fraction"]
