@@ -12,13 +12,14 @@ picks how the LoRA layers run for that one forward:
   when one adapter runs), the B matrices (scaled) side by side: ``x A_cat^T (* M) (B_cat s)^T``, three
   operations a layer whatever the number of adapters. PEFT's own forward is skipped: its per-call
   checks, casts and per-adapter loop, and for a batch of several adapters its gather and scatter per
-  adapter (``adapter_names``), were 30-40% of a decode step of an adapter here. An activated adapter
+  adapter (``adapter_names``), made an adapter's decode step 1.13-1.25x longer here (bench/fleet_engine.py). An activated adapter
   that acts on every forwarded token of its rows (a decode step after its invocation) is plain LoRA
   arithmetic on those tokens; one that acts on none of them is the base. The fused matrices are made
   once per set of adapters and kept;
 * **PEFT's** forward otherwise: a row an activated adapter acts on in part (a prompt that invokes it:
   PEFT's activated variant with its ``alora_offsets``), a forward that records gradients, a layer
-  in training mode, merged, or of a variant this router does not do by hand (DoRA). One adapter for
+  in training mode, merged, or an adapter this router does not do by hand (DoRA, a bias on B, an
+  embedding LoRA, adapter weights in another dtype than the base's: :meth:`Router._kind`). One adapter for
   every row is set by two attributes per layer (PEFT's ``set_adapter`` and ``disable_adapter`` walk
   and print every module: tens of milliseconds a call); several go by PEFT's ``adapter_names``.
 
