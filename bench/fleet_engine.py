@@ -86,8 +86,7 @@ class Direct:
 
         res = full_prefill(model, layout(model.tokenizer, context, "Go on.").ids, room=32)
         router = model.surface.router
-        if peft:
-            router._leanable = lambda names: False  # this instance only, for this measurement
+        router.lean = not peft
         ts = []
         try:
             with torch.inference_mode():
@@ -96,7 +95,7 @@ class Direct:
                     model.surface.forward(torch.tensor([[1000]]), res.cache, 1, res.activation_at)
                     ts.append(time.perf_counter() - t0)
         finally:
-            router.__dict__.pop("_leanable", None)
+            router.lean = True
         return statistics.median(ts)
 
     def linear_floor(self) -> float:

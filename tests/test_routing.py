@@ -83,7 +83,8 @@ def test_mixed_rows_each_get_their_own_adapter(fleet):
 
 
 def test_partial_activation_and_gradients_go_through_peft(fleet, monkeypatch):
-    """A prompt that invokes an activated adapter part-way, and any forward recording gradients, run PEFT's forward."""
+    """A prompt that invokes an activated adapter part-way, any forward recording gradients, and a router switched
+    off the lean path run PEFT's forward."""
     base, models = fleet
     s = models["al"].surface
     calls = _peft_calls(s.router, monkeypatch)
@@ -93,6 +94,14 @@ def test_partial_activation_and_gradients_go_through_peft(fleet, monkeypatch):
     calls[0] = 0
     with torch.enable_grad():
         models["plain"].surface.forward(torch.tensor([[9, 10]]), models["plain"].surface.new_cache(8))
+    assert calls[0] > 0
+    calls[0] = 0
+    s.router.lean = False  # a benchmark's switch: PEFT's own forward for every route
+    try:
+        with torch.inference_mode():
+            models["plain"].surface.forward(torch.tensor([[9, 10]]), models["plain"].surface.new_cache(8))
+    finally:
+        s.router.lean = True
     assert calls[0] > 0
 
 
@@ -107,7 +116,9 @@ def test_a_deep_copy_routes_its_own_layers(fleet):
             if "lora_B" in n:
                 p.zero_()  # the copy's adapters now do nothing
     router = Router.of(twin)
-    assert router is not base.surface.router and all(m in router.layers for m in router.layers)
+    copied_layers = {id(m) for m in twin.modules()}
+    assert router is not base.surface.router and router.layers
+    assert all(id(m) in copied_layers for m in router.layers)  # the copy's own layers, none of the original's
     ids = torch.tensor([[9, 10, 11, 12]])
     with torch.inference_mode():
         with router.route(["plain"], None, 4):

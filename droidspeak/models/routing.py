@@ -54,11 +54,9 @@ def _routed_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> t
 
 class Router:
     def __init__(self, layers: list[Any]):
-        self.layers: list[Any] = []
+        self.lean = True  # False: every forward runs PEFT's own (a benchmark's side-by-side comparison)
         self.kwargs: dict[str, Any] = {}  # keyword arguments PEFT's forward gets while a PEFT route is open
         self._lean: dict[Any, tuple] | None = None  # while a lean forward runs: layer -> (A^T, B^T, mask)
-        self._fusions: dict[tuple[str, ...], dict[Any, tuple]] = {}  # adapters -> per layer (A^T, B^T, owners)
-        self._kinds: dict[str, str] = {}  # adapter -> the PEFT variant's class name ('' for plain LoRA)
         self.adopt(layers)
 
     @classmethod
@@ -79,10 +77,10 @@ class Router:
 
     def adopt(self, layers: list[Any]) -> None:
         """Route these LoRA layers (again): forget what was derived from the adapters they held."""
-        self.layers = list(layers)
-        self._fusions.clear()
-        self._plans: dict[tuple[str | None, ...], dict[Any, tuple]] = {}
-        self._kinds.clear()
+        self.layers: list[Any] = list(layers)
+        self._fusions: dict[tuple[str, ...], dict[Any, tuple]] = {}  # adapters -> per layer (A^T, B^T, owners)
+        self._plans: dict[tuple[str | None, ...], dict[Any, tuple]] = {}  # row order -> per layer (A^T, B^T, mask)
+        self._kinds: dict[str, str] = {}  # adapter -> the PEFT variant's class name ('' for plain LoRA), or why not lean
         self._activated: set[str] | None = None
         for m in self.layers:  # their forward becomes this router's (plain attributes: neither state nor modules;
             m.__dict__["_droidspeak_router"] = self  # a deep copy of the module copies its router with it)
@@ -157,7 +155,7 @@ class Router:
 
     def _leanable(self, names: set[str]) -> bool:
         """Whether the lean path computes what PEFT's forward would, for rows of these adapters."""
-        if torch.is_grad_enabled():
+        if not self.lean or torch.is_grad_enabled():
             return False
         if any(self._kind(n) not in ("", "ALoraLinearVariant") for n in names):
             return False  # DoRA and other variants, biases, embeddings, other dtypes: PEFT's own arithmetic
