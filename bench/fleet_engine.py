@@ -11,7 +11,9 @@ Measured side by side in one run on this machine (the issue's goals, as ratios):
   bound (the base's weight bytes over this machine's read bandwidth, measured here), and of four
   models of one base decoding at once (the base and three activated variants, all exact or
   same-model hits of one context) against one alone, as pairs measured back to back (three by
-  default; the figures are their medians, since the machine drifts); and, to say where a step goes,
+  default; the figures are their medians, since the machine drifts), each pair followed by the same
+  pair on a second server that keeps oneDNN-packed weights too (``DROIDSPEAK_PACKED_WEIGHTS=true``,
+  ``--no-compare-packed`` skips it); and, to say where a step goes,
   a plain step and the step's linears alone (each projection's module on one token, nothing else),
   with the CLI's weight layout and then with the server's.
 
@@ -156,9 +158,27 @@ def tokens_per_s(times: list[tuple[float, int]], start: float | None = None, end
     return sum(n for t, n in times if start < t <= end) / (end - start)
 
 
-def measure(url: str, direct: Direct, rows, decode_tokens: int, repeats: int) -> dict:
+def decode_pair(url: str, ctx: str, decode_tokens: int, rep: int) -> tuple[float, float, float]:
+    """Tokens/s of one request decoding alone, then of four models decoding at once (summed over the window in
+    which all four decode), and that window's length."""
+    alone: list[tuple[float, int]] = []
+    chat(url, VARIANTS[0], ctx, f"Write at length about everyone in this registry ({rep}).", decode_tokens, True, alone)
+    streams: dict[str, list[tuple[float, int]]] = {m: [] for m in [BASE] + VARIANTS}
+    threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here "
+                                                   f"({rep}).", decode_tokens, True, streams[m])) for m in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    start = max(ts[0][0] for ts in streams.values())  # every request decoding from here on ...
+    end = min(ts[-1][0] for ts in streams.values())  # ... until the first one ends
+    return tokens_per_s(alone), sum(tokens_per_s(ts, start, end) for ts in streams.values()), end - start
+
+
+def measure(url: str, direct: Direct, rows, decode_tokens: int, repeats: int, packed: str | None = None) -> dict:
     """Each figure beside its direct counterpart, one after the other (the machine drifts); the decode
-    figures are the medians of ``repeats`` pairs (one alone, then four at once)."""
+    figures are the medians of ``repeats`` pairs (one alone, then four at once); ``packed``: a server
+    with ``DROIDSPEAK_PACKED_WEIGHTS=true``, whose decode pairs alternate with this one's."""
     out: dict[str, list] = {"hit_ttft_s": [], "exact_direct_s": [], "miss_ttft_s": [], "full_direct_s": []}
     q_base = "Summarize the document in one sentence."
     for row in rows:
@@ -171,30 +191,29 @@ def measure(url: str, direct: Direct, rows, decode_tokens: int, repeats: int) ->
         assert h["droidspeak"]["kind"] == "exact-cross-model", h["droidspeak"]
         out["hit_ttft_s"].append(h["droidspeak"]["ttft_s"])
         out["exact_direct_s"].append(direct.exact(ctx, row.prompt))
-    # decode: one alone, then the base and three variants at once over one stored context, as pairs back to back
+    # decode: one alone, then the base and three variants at once over one stored context, as pairs back to back;
+    # with a second server keeping packed weights, its pair right after each (both servers see the same drift)
     ctx = rows[0].context + " (fresh)"
-    alone_runs, four_runs, windows = [], [], []
+    if packed:
+        chat(packed, BASE, ctx, q_base, 1)  # its copy of the context, stored before any pair
+    alone_runs, four_runs, windows, pk = [], [], [], {"alone": [], "four": []}
     for rep in range(repeats):
-        alone: list[tuple[float, int]] = []
-        chat(url, VARIANTS[0], ctx, f"Write at length about everyone in this registry ({rep}).", decode_tokens, True,
-             alone)
-        alone_runs.append(tokens_per_s(alone))
-        streams: dict[str, list[tuple[float, int]]] = {m: [] for m in [BASE] + VARIANTS}
-        threads = [threading.Thread(target=chat, args=(url, m, ctx, f"Write at length, as {m}, about everyone here "
-                                                       f"({rep}).", decode_tokens, True, streams[m])) for m in streams]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        start = max(ts[0][0] for ts in streams.values())  # every request decoding from here on ...
-        end = min(ts[-1][0] for ts in streams.values())  # ... until the first one ends
-        four_runs.append(sum(tokens_per_s(ts, start, end) for ts in streams.values()))
-        windows.append(end - start)
+        a, f, w = decode_pair(url, ctx, decode_tokens, rep)
+        alone_runs.append(a)
+        four_runs.append(f)
+        windows.append(w)
+        if packed:
+            a, f, _ = decode_pair(packed, ctx, decode_tokens, rep)
+            pk["alone"].append(a)
+            pk["four"].append(f)
     med = statistics.median
     rate_alone, together = med(alone_runs), med(four_runs)
     return out | {"decode_alone_tokens_s": rate_alone, "decode_four_tokens_s": together,
                   "decode_alone_runs": alone_runs, "decode_four_runs": four_runs, "decode_window_s": windows,
                   "decode_four_over_alone_runs": [f / a for f, a in zip(four_runs, alone_runs)],
+                  "packed": ({"decode_alone_runs": pk["alone"], "decode_four_runs": pk["four"],
+                              "decode_four_over_alone_runs": [f / a for f, a in zip(pk["four"], pk["alone"])]}
+                             if packed else None),
                   "plain_step_s": {"base": direct.step(ctx, direct.base), VARIANTS[0]: direct.step(ctx, direct.qa),
                                    VARIANTS[0] + " (PEFT's forward)": direct.step(ctx, direct.qa, peft=True)},
                   "layouts": direct.server_layout(ctx)}
@@ -207,6 +226,9 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=48)
     ap.add_argument("--decode-repeats", type=int, default=3, help="pairs of decode measurements (one alone, four "
                     "at once), back to back; the figures are their medians")
+    ap.add_argument("--compare-packed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also a server keeping oneDNN-packed weights (DROIDSPEAK_PACKED_WEIGHTS=true); its decode "
+                    "pairs alternate with the default server's")
     ap.add_argument("--out", default="bench/results/fleet_engine.json")
     args = ap.parse_args()
     from droidspeak.models import load_model
@@ -217,11 +239,14 @@ def main() -> int:
     bw = read_bandwidth()
     direct = Direct()
     proc, url = start_server(",".join([BASE] + VARIANTS))
+    other = start_server(",".join([BASE] + VARIANTS), DROIDSPEAK_PACKED_WEIGHTS="true") if args.compare_packed \
+        else None
     try:
-        s = measure(url, direct, rows, args.decode_tokens, args.decode_repeats)
+        s = measure(url, direct, rows, args.decode_tokens, args.decode_repeats, other[1] if other else None)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for p in [proc] + ([other[0]] if other else []):
+            p.terminate()
+            p.wait(60)
     med = statistics.median
     bound_s = direct.weight_bytes / bw
     out = provenance(dtype="float32") | {
@@ -232,6 +257,9 @@ def main() -> int:
         "decode_alone_over_bound": (1 / s["decode_alone_tokens_s"]) / bound_s,
         "decode_alone_over_plain_step": (1 / s["decode_alone_tokens_s"]) / s["plain_step_s"][VARIANTS[0]],
         "decode_four_over_alone": med(s["decode_four_over_alone_runs"]),
+        "decode_four_over_alone_packed": med(s["packed"]["decode_four_over_alone_runs"]) if s["packed"] else None,
+        "decode_four_packed_over_not_packed": med(s["packed"]["decode_four_runs"]) / med(s["decode_four_runs"])
+        if s["packed"] else None,
         "variant_step_over_base_step": s["plain_step_s"][VARIANTS[0]] / s["plain_step_s"]["base"],
         "peft_step_over_lean_step": s["plain_step_s"][VARIANTS[0] + " (PEFT's forward)"] / s["plain_step_s"][VARIANTS[0]],
         "linear_floor_over_bound": s["layouts"]["linear_floor_server_s"] / bound_s,
@@ -245,6 +273,10 @@ def main() -> int:
           f"weight-read bound of {bound_s * 1000:.1f} ms, {out['decode_alone_over_plain_step']:.2f}x a plain "
           f"transformers step of {s['plain_step_s'][VARIANTS[0]] * 1000:.1f} ms); four models "
           f"{s['decode_four_tokens_s']:.1f} tokens/s = {out['decode_four_over_alone']:.2f}x one alone")
+    if s["packed"]:
+        print(f"with packed weights (pairs alternating with the above): four models "
+              f"{out['decode_four_over_alone_packed']:.2f}x one alone; four models' tokens/s packed over not "
+              f"{out['decode_four_packed_over_not_packed']:.2f}x")
     print(f"a plain step: the base {s['plain_step_s']['base'] * 1000:.1f} ms, the variant "
           f"{out['variant_step_over_base_step']:.2f}x it; through PEFT's own LoRA forward "
           f"{out['peft_step_over_lean_step']:.2f}x the lean path")

@@ -48,6 +48,7 @@ QUICK = {
               "--out", "bench/results/fleet_load.json"],
     "seal": ["bench/seal_cost.py", "--repeats", "3"],
     "engine": ["bench/fleet_engine.py", "--n", "2", "--decode-tokens", "32", "--decode-repeats", "1"],
+    "kernels": ["bench/decode_kernels.py", "--repeats", "4"],
     "grammar": ["bench/grammar_cost.py"],
     "gpu-smoke": ["bench/gpu_ttft.py", "--device", "cpu", "--tiny", "--out", "bench/results/gpu_smoke.json"],
 }
@@ -66,6 +67,7 @@ FULL = {
     "formats": ["bench/formats.py"],
     "seal": ["bench/seal_cost.py"],
     "engine": ["bench/fleet_engine.py"],
+    "kernels": ["bench/decode_kernels.py"],
     "fleet8": ["bench/agent_fleet.py"],
     "fleet8-exact": ["bench/agent_fleet.py", "--fleet", "exact", "--rates", "0.01", "0.03", "0.05",
                      "--out", "bench/results/agent_fleet_exact.json"],
@@ -225,6 +227,8 @@ def summary(mode: str, command: str) -> dict:
                     "engine_command": fe["command"]})
         if "variant_step_over_base_step" in fe:  # results from before the router's lean path lack it
             out["decode_variant_step_over_base_step"] = fe["variant_step_over_base_step"]
+        if fe.get("decode_four_packed_over_not_packed"):
+            out["decode_four_models_packed_over_not_packed"] = fe["decode_four_packed_over_not_packed"]
     gc = _load("grammar_cost.json")
     if gc:
         out["grammar_overhead_per_token"] = gc["served"]["overhead_fraction"]

@@ -211,27 +211,70 @@ def test_decode_layout_keeps_weights_and_identity():
     assert all(torch.equal(state[k], v) for k, v in m.model.state_dict().items())
 
 
-def test_decode_layout_splits_few_row_products_over_threads(monkeypatch):
-    """A relaid projection given a decode step's few rows runs as a batched product split over the
-    threads; a prefill's many rows take the one matrix product; the same values to rounding either way."""
+def test_decode_layout_splits_one_row_and_packs_a_few(monkeypatch):
+    """A relaid projection given one row runs as a batched product split over the threads; 2 to
+    SPLIT_MAX_ROWS rows run on the weight packed for oneDNN; a prefill's many rows take the one matrix
+    product; the same values to rounding every way. Without packing, a few rows split too."""
     import torch
 
-    from droidspeak.models.layout import SPLIT_MAX_ROWS, SplitLinear, relayout
+    from droidspeak.models.layout import SPLIT_MAX_ROWS, SplitLinear, can_pack, relayout
 
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
     torch.manual_seed(0)
     lin = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Linear(96, 33, bias=False), torch.nn.Linear(33, 8))
-    xs = {n: torch.randn(2, n, 64) for n in (1, 3, SPLIT_MAX_ROWS // 2, 40)}
+    xs = {n: torch.randn(n, 1, 64) for n in (1, 3, SPLIT_MAX_ROWS, 40)}
+    calls: list = []
+    bmm, packed_op = torch.bmm, torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(("split", a[0].shape)) or bmm(*a))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise",
+                        lambda x, *a: calls.append(("packed", x.shape[0])) or packed_op(x, *a), raising=False)
+    for pack in (True, False):
+        with torch.no_grad():
+            want = {n: torch.nn.functional.linear(torch.nn.functional.linear(
+                torch.nn.functional.linear(x, lin[0].weight, lin[0].bias), lin[1].weight), lin[2].weight, lin[2].bias)
+                for n, x in xs.items()}
+            relayout(lin, threads=2, packed=pack)
+            assert [type(m) for m in lin] == [SplitLinear] * 3
+            assert [m.parts for m in lin] == [2, 2, 1]  # 33 inputs do not split in two: the plain product
+            assert all(("_packed" in m.__dict__) == pack for m in lin)
+            for n, x in xs.items():
+                calls.clear()
+                got = lin(x)
+                assert got.shape == want[n].shape
+                if n == 1 or (not pack and n <= SPLIT_MAX_ROWS):
+                    assert calls == [("split", (2, n, 32)), ("split", (2, n, 48))], (pack, n)
+                elif n <= SPLIT_MAX_ROWS:
+                    assert calls == [("packed", n)] * 3, n
+                else:
+                    assert calls == [], n
+                assert torch.allclose(got, want[n], atol=1e-5), (pack, n)
+
+
+def test_packed_weights_follow_the_weight_and_never_take_gradients():
+    """A weight changed in place (or replaced) is packed again before its next few-row product, a deep
+    copy of a relaid module packs its own, and a forward that records gradients gets the autograd product."""
+    import copy
+
+    import torch
+
+    from droidspeak.models.layout import can_pack, relayout
+
+    if not can_pack():
+        pytest.skip("this PyTorch build has no oneDNN")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    relayout(lin, threads=2, packed=True)
+    x = torch.randn(4, 64)
     with torch.no_grad():
-        want = {n: lin(x) for n, x in xs.items()}
-        relayout(lin, threads=2)
-        assert [type(m) for m in lin] == [SplitLinear] * 3
-        assert [m.parts for m in lin] == [2, 2, 1]  # 33 inputs do not split in two: the plain product
-        calls = []
-        bmm = torch.bmm
-        monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[0].shape) or bmm(*a))
-        for n, x in xs.items():
-            calls.clear()
-            got = lin(x)
-            assert got.shape == want[n].shape
-            assert calls == ([] if 2 * n > SPLIT_MAX_ROWS else [(2, 2 * n, 32), (2, 2 * n, 48)]), n
-            assert torch.allclose(got, want[n], atol=1e-5), n
+        before = lin(x)
+        lin.weight.mul_(2)
+        assert torch.allclose(lin(x), 2 * before - lin.bias, atol=1e-5)  # not the stale packing
+        lin.weight = torch.nn.Parameter(torch.zeros(32, 64))
+        assert torch.allclose(lin(x), lin.bias.expand(4, -1))
+        twin = copy.deepcopy(lin)
+        twin.bias.add_(1)
+        assert torch.allclose(twin(x), lin(x) + 1) and twin.__dict__["_packed"].weight is twin.weight
+    y = lin(x)
+    y.sum().backward()
+    assert lin.bias.grad is not None and torch.allclose(lin.bias.grad, torch.full((32,), 4.0))

@@ -389,7 +389,7 @@ def test_a_base_and_four_variants_decode_together_as_each_alone():
 
     names = ["smollm2-135m-instruct", "smollm2-qa-alora", "smollm2-toolcall-alora", "smollm2-code",
              "smollm2-code-top20"]
-    host = ModelHost(names)
+    host = ModelHost(names, packed=True)  # the batch's base projections on oneDNN's packed weights
     eng = Engine(host, open_store("memory:1GB"), Settings(max_batch=8))
     tok = host.get(names[0]).loaded.tokenizer
     row = generate("qa", "heldout", 1, tok, seed=9, lengths=(700, 700))[0]

@@ -16,4 +16,4 @@ def build_app(s: Settings) -> FastAPI:
     store = open_store(s.store, s.namespace, secret=s.store_secret, encrypt=s.store_encrypt,
                        insecure=s.insecure_store, write_behind=s.store_write_queue) if s.store else None
     names = [n.strip() for n in s.models.split(",") if n.strip()] or None
-    return create_app(Engine(ModelHost(names), store, s))
+    return create_app(Engine(ModelHost(names, packed=s.packed_weights), store, s))

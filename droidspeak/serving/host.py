@@ -43,7 +43,9 @@ class ModelHost:
         h._surfaces = {}
         return h
 
-    def __init__(self, names: list[str] | None = None):
+    def __init__(self, names: list[str] | None = None, packed: bool = False):
+        """Load ``names`` (default: every registered model); ``packed``: keep the decode layout's oneDNN-packed
+        weights too (:func:`droidspeak.models.layout.relayout`)."""
         wanted = [resolve(n) for n in (names or list(registry()))]
         self.models: dict[str, Hosted] = {}
         self._surfaces: dict[str, Any] = {}
@@ -51,7 +53,7 @@ class ModelHost:
         bases = {s.parent for s in adapters} | {s.name for s in wanted if s.kind == ModelKind.BASE}
         for base_name in sorted(b for b in bases if b is not None):
             base = load_model(base_name)
-            relayout(base.model)  # decode-friendly weight storage (before PEFT wraps the projections)
+            relayout(base.model, packed=packed)  # decode-friendly weight storage (before PEFT wraps the projections)
             peft, loaded = attach_adapters(base, [s for s in adapters if s.parent == base_name])
             group = base_name if peft is not None else None
             for adapter_name, m in loaded:
@@ -62,7 +64,7 @@ class ModelHost:
         for s in wanted:
             if not s.is_adapter and s.kind != ModelKind.BASE:
                 full = load_model(s.name)
-                relayout(full.model)
+                relayout(full.model, packed=packed)
                 self.models[s.name] = Hosted(s.name, s.kind, s.parent, full)
         self.models = {s.name: self.models[s.name] for s in wanted}  # in the order asked
         if not self.models:
