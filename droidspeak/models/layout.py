@@ -9,14 +9,16 @@ same weights. Three changes, all applied by :func:`relayout`, none changing a we
 
 * every projection's weight is stored transposed, ``[in, out]`` contiguous and seen as the usual
   ``[out, in]`` (MKL streams that order fastest for a vector);
-* one row (a request decoding alone) splits the input dimension in one part per thread and runs the
-  parts as one batched product, which PyTorch spreads over the threads, then adds the parts;
-* with ``packed``, 2 to :data:`SPLIT_MAX_ROWS` rows (a decode group's batch) run oneDNN's matrix product on a copy of
-  the weight packed once for it (``packed``): 4 rows took 1.3-1.6x less than the split product here,
-  one row 1.1-1.3x more, so one row keeps the split. The packed copy costs the projections' bytes a
-  second time, and a served batch of four models gained nothing from it in bench/fleet_engine.py's
-  side-by-side run, so a server keeps it only with ``DROIDSPEAK_PACKED_WEIGHTS=true``; it is made
-  again when the weight changes, and never used while gradients are recorded.
+* a projection given few rows (a decode step's batch, up to :data:`SPLIT_MAX_ROWS`) splits its input
+  dimension in one part per thread and runs the parts as one batched product, which PyTorch spreads
+  over the threads, then adds the parts (:class:`SplitLinear`);
+* with ``packed``, 2 to :data:`SPLIT_MAX_ROWS` rows (a decode group's batch) run oneDNN's matrix
+  product on a copy of the weight packed once for it: 4-16 rows take ~0.65x the split product's time
+  here; one row keeps the split. The packed copy costs the projections'
+  bytes a second time, and a served batch of four models gained 1.00-1.05x from it in
+  bench/fleet_engine.py's side-by-side runs, so a server keeps it only with
+  ``DROIDSPEAK_PACKED_WEIGHTS=true``; it is packed again when the weight changes, and never used while
+  gradients are recorded.
 
 Larger inputs (a prefill's chunks) keep the one matrix product, which already uses every thread.
 The few-row products are measured over SmolLM2's 211 projections (538 MB) by bench/decode_kernels.py;
@@ -90,7 +92,7 @@ class SplitLinear(torch.nn.Linear):
 
 
 def relayout(model: Any, threads: int | None = None, packed: bool = False) -> None:
-    """Store every projection's weight transposed, let one row's products split over ``threads``
+    """Store every projection's weight transposed, let few rows' products split over ``threads``
     (default: PyTorch's intra-op threads) and, with ``packed``, keep each weight packed for oneDNN too
     for a few rows' products; a tied embedding shares the new storage, as it shared the old. Safe to
     call twice. On the CPU only (a GPU's products use the device); packed only for float32 weights."""
