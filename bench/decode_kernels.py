@@ -14,40 +14,16 @@ weights' bytes over the read bandwidth measured in the same run).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import provenance, write_result  # noqa: E402
-from fleet_engine import read_bandwidth  # noqa: E402
+from fleet_engine import projections, read_bandwidth, time_projections  # noqa: E402
 
 LAYOUTS = ("cli", "server", "server, packed")
-
-
-def projections(model) -> list:
-    import torch
-
-    lm = model.surface.lm
-    mods = [m for layer in model.surface.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    return mods + [lm.get_output_embeddings()]
-
-
-def time_projections(mods: list, rows: int, repeats: int) -> float:
-    import torch
-
-    xs = {m.in_features: torch.randn(rows, 1, m.in_features) for m in mods}
-    ts = []
-    with torch.inference_mode():
-        for _ in range(repeats + 2):
-            t0 = time.perf_counter()
-            for m in mods:
-                m(xs[m.in_features])
-            ts.append(time.perf_counter() - t0)
-    return statistics.median(ts[2:])
 
 
 def main() -> int:

@@ -54,6 +54,30 @@ def read_bandwidth() -> float:
     return x.numel() * 4 / best
 
 
+def projections(model) -> list:
+    """Every linear of one decode step, in order: each layer's projections, then the LM head."""
+    import torch
+
+    mods = [m for layer in model.surface.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    return mods + [model.surface.lm.get_output_embeddings()]
+
+
+def time_projections(mods: list, rows: int, repeats: int, warmup: int = 2) -> float:
+    """Seconds for every module of ``mods`` applied to ``rows`` tokens by itself and nothing else, over the model's
+    own weights (so each is read from memory as a step reads it); the median of ``repeats`` after ``warmup``."""
+    import torch
+
+    xs = {m.in_features: torch.randn(rows, 1, m.in_features) for m in mods}
+    ts = []
+    with torch.inference_mode():
+        for _ in range(warmup + repeats):
+            t0 = time.perf_counter()
+            for m in mods:
+                m(xs[m.in_features])
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts[warmup:])
+
+
 class Direct:
     """The CLI's direct paths, in this process's main thread, on the same prompts the server answers."""
 
@@ -101,23 +125,8 @@ class Direct:
         return statistics.median(ts)
 
     def linear_floor(self) -> float:
-        """The matrix-vector kernels' own floor: every linear of one decode step (each layer's projections, in
-        order, then the LM head) applied to one token by its module and nothing else, over the model's own
-        weights (so each is read from memory as a step reads it); the median of 20."""
-        import torch
-
-        lm = self.base.surface.lm
-        mods = [m for layer in self.base.surface.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-        mods.append(lm.get_output_embeddings())
-        xs = {m.in_features: torch.randn(1, m.in_features) for m in mods}
-        ts = []
-        with torch.inference_mode():
-            for _ in range(23):
-                t0 = time.perf_counter()
-                for m in mods:
-                    m(xs[m.in_features])
-                ts.append(time.perf_counter() - t0)
-        return statistics.median(ts[3:])
+        """The matrix-vector kernels' own floor: :func:`time_projections` of one token; the median of 20."""
+        return time_projections(projections(self.base), 1, 20, warmup=3)
 
     def server_layout(self, context: str) -> dict[str, float]:
         """:meth:`linear_floor` and the activated variant's plain step (:meth:`step`) with the CLI's weight layout,
