@@ -15,8 +15,8 @@ same weights. Three changes, all applied by :func:`relayout`, none changing a we
 * with ``packed``, 2 to :data:`SPLIT_MAX_ROWS` rows (a decode group's batch) run oneDNN's matrix
   product on a copy of the weight packed once for it: 4-16 rows take ~0.65x the split product's time
   here; one row keeps the split. The packed copy costs the projections'
-  bytes a second time, and a served batch of four models gained 1.00-1.05x from it in
-  bench/fleet_engine.py's side-by-side runs, so a server keeps it only with
+  bytes a second time, and a served batch of four models gained 1.05x from it in
+  bench/fleet_engine.py's side-by-side run, so a server keeps it only with
   ``DROIDSPEAK_PACKED_WEIGHTS=true``; it is packed again when the weight changes, and never used while
   gradients are recorded.
 
