@@ -130,6 +130,46 @@ def test_settings_refuse_unknown_choices(monkeypatch):
         Settings.load()
 
 
+@pytest.mark.parametrize("raw, want", [("1", True), (" TRUE ", True), ("yes", True), ("on", True), (True, True),
+                                       ("0", False), ("False", False), ("no", False), ("off", False), (False, False)])
+def test_boolean_settings_read_the_usual_spellings(monkeypatch, raw, want):
+    from droidspeak.serving.config import Settings
+
+    assert Settings.load(overrides={"share": raw}).share is want
+    if isinstance(raw, str):
+        monkeypatch.setenv("DROIDSPEAK_PACKED_WEIGHTS", raw)
+        assert Settings.load().packed_weights is want
+
+
+@pytest.mark.parametrize("name, raw", [("share", "abc"), ("share", ""), ("packed_weights", "2"), ("port", "80.5"),
+                                       ("port", 80.5), ("port", True), ("max_batch", "eight"), ("ttft_slo_s", False)])
+def test_settings_refuse_what_is_not_plainly_their_type(name, raw, tmp_path):
+    from droidspeak.errors import DroidspeakError
+    from droidspeak.serving.config import Settings
+
+    with pytest.raises(DroidspeakError, match=f"setting {name}=.* is not a"):
+        Settings.load(overrides={name: raw})
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({name: raw}))
+    with pytest.raises(DroidspeakError, match=f"setting {name}=.* is not a"):  # a config file's value likewise
+        Settings.load(str(cfg))
+    assert Settings.load(overrides={"port": 8001.0, "max_batch": " 4 "}).port == 8001  # a whole float, a padded int
+
+
+def test_printed_settings_are_the_loaded_ones(monkeypatch, tmp_path):
+    from droidspeak.serving.config import Settings
+
+    monkeypatch.setenv("DROIDSPEAK_SHARE", "off")
+    monkeypatch.setenv("DROIDSPEAK_API_KEY", "sk-very-secret")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('max_batch = 4\nshare = true\n')
+    rows = {n: (v, changed) for n, _, v, changed in Settings.load(str(cfg), {"port": 9000}).values()}
+    assert rows["share"] == ("False", True) and rows["max_batch"] == ("4", True) and rows["port"] == ("9000", True)
+    assert rows["host"] == ("127.0.0.1", False)
+    assert rows["api_key"] == ("(set)", True) and rows["store_secret"] == ("(empty)", False)
+    assert not any("sk-very-secret" in v for v, _ in rows.values())
+
+
 def test_plan_relations():
     a, b = RecomputePlan.parse("10:20", 30), RecomputePlan.parse("8:24", 30)
     assert b.covers(a) and not a.covers(b) and a.covers(a) and a.covers(None)

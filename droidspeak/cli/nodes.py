@@ -65,12 +65,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serving.app import build_app
     from ..serving.config import Settings
 
-    if args.print_settings:
-        print(table([[n, e, str(d), h] for n, e, d, h in Settings.table()], ["setting", "environment", "default", "meaning"]))
-        return 0
     s = Settings.load(args.config, {"host": args.host, "port": args.port, "models": args.models, "store": args.store,
                                     "namespace": args.namespace, "api_key": args.api_key,
                                     "insecure_store": True if args.insecure_store else None})
+    if args.print_settings:  # what this node would run with: defaults, then the config file, environment and flags
+        print(table([[n, e, v, "changed" if changed else ""] for n, e, v, changed in s.values()],
+                    ["setting", "environment", "value", "from the default"]))
+        return 0
     app = build_app(s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve_on_main_thread(app, s.host, s.port)
@@ -145,7 +146,9 @@ def register(add) -> None:
     sp.add_argument("--insecure-store", action="store_true",
                     help="accept a Redis tier on another machine without a store secret (DROIDSPEAK_STORE_SECRET)")
     sp.add_argument("--api-key", help="require this bearer key (or DROIDSPEAK_API_KEY)")
-    sp.add_argument("--print-settings", action="store_true", help="print the settings table and exit")
+    sp.add_argument("--print-settings", action="store_true",
+                    help="print the settings this node would run with (defaults, then config file, environment, "
+                         "flags) and exit")
 
     sp = add("store-server", "run a Redis-protocol server for the shared store tier (no root needed)",
              cmd_store_server, json_flag=False)

@@ -105,11 +105,18 @@ class Settings:
 
     @classmethod
     def _cast(cls, name: str, v: Any, typ: type) -> Any:
+        """``v`` (a string from the environment or a flag, or a JSON/TOML value) as the setting's type; anything
+        that is not plainly one (``share=maybe``, ``port=80.5``) is refused in one line, never guessed."""
         try:
-            out = (v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")) if typ is bool \
-                else typ(v)
-        except (TypeError, ValueError):
-            raise DroidspeakError(f"setting {name}={v!r} is not a {typ.__name__}") from None
+            if typ is bool:
+                out = v if isinstance(v, bool) else _BOOLS[str(v).strip().lower()]
+            elif isinstance(v, bool) or (typ is int and isinstance(v, float) and not v.is_integer()):
+                raise ValueError(v)
+            else:
+                out = typ(v.strip() if isinstance(v, str) else v)
+        except (TypeError, ValueError, KeyError):
+            kind = "boolean (true/false, 1/0, yes/no, on/off)" if typ is bool else typ.__name__
+            raise DroidspeakError(f"setting {name}={v!r} is not a {kind}") from None
         choices = next(f.metadata["choices"] for f in fields(cls) if f.name == name)
         if choices and out not in choices:
             raise DroidspeakError(f"setting {name}={v!r} is not one of {', '.join(choices)}")
@@ -135,3 +142,15 @@ class Settings:
     @classmethod
     def table(cls) -> list[tuple[str, str, Any, str]]:
         return [(f.name, f.metadata["env"], f.default, f.metadata["help"]) for f in fields(cls)]
+
+    def values(self) -> list[tuple[str, str, str, bool]]:
+        """Every setting's name, environment variable, value as loaded (a secret shows only whether it is set),
+        and whether that value differs from the default."""
+        out = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out.append((f.name, f.metadata["env"], str(v) if f.repr else ("(set)" if v else "(empty)"), v != f.default))
+        return out
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
