@@ -33,7 +33,7 @@ def _free_port():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, DROIDSPEAK_API_KEY="test-key")
+    env = dict(os.environ, DROIDSPEAK_API_KEY="test-key", DROIDSPEAK_WARMUP_TOKENS="0")  # tests time nothing
     log = open(tmp_path_factory.mktemp("srv") / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "droidspeak", "serve", "--port", str(port),
                              "--models", "smollm2-135m-instruct,smollm2-qa,smollm2-code,smollm2-qa-alora",

@@ -23,8 +23,30 @@ CONTEXT = (
 REQUEST = "Which berth was reviewed in item 5? Answer briefly."
 
 
-def _cli(*args, timeout=300):
+def _process(*args, timeout=300):
+    """The command in a process of its own: where the process's whole output is the point (one-line errors)."""
     return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _cli(*args, timeout=None):
+    """The command through the CLI's own entry point in this process, its output and exit status as a process's
+    (``timeout`` is a process's only): the models this session loaded are not read again."""
+    import contextlib
+    import io
+    import traceback
+
+    from droidspeak.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:  # what a process would die of: its traceback on stderr
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _generate(m, ids, n):
@@ -113,7 +135,7 @@ def test_models_json_lists_one_family():
 
 
 def test_unknown_model_is_one_line():
-    r = _cli("compat", "--sender", "base", "--receiver", "no-such-model")
+    r = _process("compat", "--sender", "base", "--receiver", "no-such-model")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in r.stderr
     assert "smollm2-135m-instruct" in r.stderr and "Traceback" not in r.stderr
@@ -163,6 +185,74 @@ def test_same_name_new_weights_new_identity(tmp_path, smol_base):
     save_file(t, str(w))
     second = load_model(str(d)).identity
     assert first != second
+
+
+def test_loaded_models_share_the_base_weights_and_never_change_them(smol_base):
+    """Each load is a module of its own over one copy of the base's weights: merging a LoRA, freezing or
+    replacing a weight leave the next load's weights the base's; an in-place write into the shared weights
+    makes the next load read them from disk again."""
+    from droidspeak.models.loaded import summarize
+
+    def same_bytes(m):
+        return summarize(m.model, m.family).identity == smol_base.identity
+
+    a, b = load_model("base"), load_model("base")
+    pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
+    assert all(pa[k] is not pb[k] and pa[k].data_ptr() == pb[k].data_ptr() for k in pa)  # own objects, one storage
+    assert a.model.lm_head.weight is a.model.model.embed_tokens.weight  # the tie survives the copy
+    merged = load_model("smollm2-qa")  # a LoRA merged into its own copy of the projections
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert merged.model.get_parameter(q).data_ptr() != pa[q].data_ptr()
+    a.model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(torch.zeros(1))
+    a.model.requires_grad_(False)
+    assert same_bytes(load_model("base")) and pb["model.norm.weight"].requires_grad
+    w = pb["model.layers.3.self_attn.v_proj.weight"]
+    kept = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)  # a holder writes into the shared storage (every holder sees it: load_model's docstring)
+    try:
+        fresh = load_model("base")
+        assert fresh.model.model.layers[3].self_attn.v_proj.weight.data_ptr() != w.data_ptr() and same_bytes(fresh)
+    finally:
+        with torch.no_grad():
+            w.copy_(kept)  # this session's other holders (smol_base) get their bits back
+
+
+def test_a_weight_summary_is_remembered_per_file_version(tmp_path, smol_base, monkeypatch):
+    """A model directory's weights are hashed once per version of its files: the next process reads the summary
+    back; files written again (same size, other bytes) or a damaged memo are hashed anew."""
+    from safetensors.torch import load_file, save_file
+
+    import droidspeak.models.loaded as loaded_mod
+    from droidspeak.models import loading
+    from droidspeak.testing.tiny import tiny_model
+
+    monkeypatch.setenv("DROIDSPEAK_HOME", str(tmp_path / "home"))
+    d = tmp_path / "tiny-hf"
+    tiny_model(0, vocab_size=smol_base.family.vocab_size).model.save_pretrained(str(d), safe_serialization=True)
+    smol_base.tokenizer.save_pretrained(str(d))
+    first = load_model(str(d))
+    assert len(list((tmp_path / "home" / "summaries").glob("*.json"))) == 1
+    hashed = []
+    real = loaded_mod.summarize
+    monkeypatch.setattr(loaded_mod, "summarize", lambda m, f: hashed.append(1) or real(m, f))
+
+    def fresh():  # as a new process would load it
+        loading._BASE_CACHE.pop((str(d), torch.float32))
+        return load_model(str(d))
+
+    assert fresh().weights == first.weights and hashed == []  # read back, not hashed
+    w = d / "model.safetensors"
+    t = load_file(str(w))
+    k = next(x for x in sorted(t) if x.endswith("q_proj.weight"))
+    t[k] = t[k] + 0.01
+    save_file(t, str(w), metadata={"format": "pt"})
+    again = fresh()
+    assert hashed == [1] and again.identity != first.identity and again.weights.layers[1:] == first.weights.layers[1:]
+    assert fresh().identity == again.identity and hashed == [1]  # the new version is remembered in turn
+    for memo in (tmp_path / "home" / "summaries").glob("*.json"):
+        memo.write_text("{not json")
+    assert fresh().identity == again.identity and hashed == [1, 1]
 
 
 def test_adapter_for_another_base_is_refused(tmp_path, smol_base):
@@ -309,10 +399,10 @@ def test_two_processes_share_through_redis(tmp_path, redis_server):
     ctx = tmp_path / "ctx.txt"
     ctx.write_text(CONTEXT * 3)
     store_args = ["--store", redis_server.url, "--namespace", "t2p"]
-    r = _cli("prefill", "--model", "base", "--context", str(ctx), *store_args, "--json")
+    r = _process("prefill", "--model", "base", "--context", str(ctx), *store_args, "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads(r.stdout)["stored_tokens"] > 0
-    r = _cli("answer", "--model", "smollm2-code", "--context", str(ctx), "--prompt", REQUEST, "--max-new-tokens", "12",
+    r = _process("answer", "--model", "smollm2-code", "--context", str(ctx), "--prompt", REQUEST, "--max-new-tokens", "12",
              "--no-store", *store_args, "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     remote = json.loads(r.stdout)
@@ -370,7 +460,7 @@ def test_unknown_architecture_is_refused_in_one_line(tmp_path, smol_base):
     r = _cli("compat", "--sender", str(d), "--receiver", str(d))
     assert r.returncode == 1 and "GPT2LMHeadModel is not supported" in r.stdout
     for args in (("--sender", str(d), "--receiver", str(d)), ("--sender", "base", "--receiver", str(d))):
-        r = _cli("reuse", *args, "--context", str(ctx), "--prompt", "x", "--plan", "all")
+        r = _process("reuse", *args, "--context", str(ctx), "--prompt", "x", "--plan", "all")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
         assert "GPT2LMHeadModel is not supported" in r.stderr
 

@@ -44,10 +44,12 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ the two ways to make one
     @classmethod
-    def of(cls, spec: ModelSpec, model: Any, tokenizer: Any, family: FamilyFingerprint) -> "LoadedModel":
-        """A model that is its own weights (a base or a full fine-tune): identity from its state dict."""
+    def of(cls, spec: ModelSpec, model: Any, tokenizer: Any, family: FamilyFingerprint,
+           weights: WeightSummary | None = None) -> "LoadedModel":
+        """A model that is its own weights (a base or a full fine-tune): identity from its state dict, or
+        ``weights`` where the loader remembers the summary of these very files (see ``models.loading``)."""
         model.eval()
-        return cls(spec, model, tokenizer, family, summarize(model, family))
+        return cls(spec, model, tokenizer, family, weights or summarize(model, family))
 
     @classmethod
     def adapter(cls, spec: ModelSpec, model: Any, base: "LoadedModel", weights: WeightSummary,

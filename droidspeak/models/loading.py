@@ -1,9 +1,11 @@
 """Loading models: one factory for bases, full fine-tunes and adapters, all offline.
 
 A base or full model is read from a safetensors directory (a shipped GGUF is converted once, see
-:mod:`.gguf`); an adapter is applied with PEFT on a private copy of its base (merged for a LoRA by
-default, never for an activated adapter, which acts only from its invocation on). Every weight file
+:mod:`.gguf`); an adapter is applied with PEFT on a module of its own over its base's shared weights
+(merged for a LoRA by default, never for an activated adapter, which acts only from its invocation on). Every weight file
 is checked before it is parsed; every fault is a one-line :class:`~droidspeak.errors.DroidspeakError`.
+A directory's weight summary (its identity and per-layer digests) is hashed once per version of its
+files and read back by later processes from ``$DROIDSPEAK_HOME/summaries``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import torch
 
 from ..errors import IncompatibleModelsError, WeightFileError
 from ..kinds import ModelKind
+from ..paths import home
 from . import identity as ident
 from .exact import WeightSummary
 from .family import fingerprint, tokenizer_hash
@@ -102,12 +106,67 @@ def summarize_dir(path: Path) -> tuple[Any, WeightSummary]:
 
 
 # --------------------------------------------------------------------------- bases and full models
-_BASE_CACHE: dict[tuple[str, torch.dtype], LoadedModel] = {}
+_BASE_CACHE: dict[tuple[str, torch.dtype], tuple[LoadedModel, list[tuple[torch.Tensor, int]]]] = {}
+
+
+def _own_module(model: Any) -> Any:
+    """A module of the caller's own over the cached weights: every module and Parameter object is new (so
+    wrapping layers, replacing or re-assigning a weight, freezing, merging with ``safe_merge`` never touch the
+    cache), the weights' storage is shared (no copy of its bytes; writing into it in place would change the
+    cache: :func:`_load_base_like` checks it never happened). Buffers are small and copied."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad)  # shares the version counter
+    return copy.deepcopy(model, memo)
+
+
+def _file_versions(path: Path) -> list[list[Any]]:
+    """What names one version of a model directory's weight files: each file's name, size, inode, and its
+    modification and change times (the change time moves on every write and cannot be set back)."""
+    out = []
+    for w in sorted(_weight_files(path)):
+        st = w.stat()
+        out.append([w.name, st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
+    return out
+
+
+def _summary_memo(path: Path, dtype: torch.dtype) -> tuple[Path, dict[str, Any]]:
+    """Where the weight summary of ``path``'s current files (as loaded in ``dtype`` by these library versions)
+    is remembered, and the key it must match: hashing 0.5 GB of weights costs seconds per process."""
+    import transformers
+
+    key = {"dir": str(path.resolve()), "dtype": str(dtype), "files": _file_versions(path),
+           "torch": torch.__version__, "transformers": transformers.__version__, "format": 1}
+    name = ident.combine("summary-memo", key["dir"], key["dtype"])
+    return home() / "summaries" / f"{name}.json", key
+
+
+def _remembered_summary(path: Path, dtype: torch.dtype) -> WeightSummary | None:
+    """The summary hashed when these very files were loaded before, else None (then the caller hashes)."""
+    try:
+        memo, key = _summary_memo(path, dtype)
+        data = json.loads(memo.read_text())
+        return WeightSummary.from_dict(data["summary"]) if data.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_summary(path: Path, dtype: torch.dtype, summary: WeightSummary) -> None:
+    try:
+        memo, key = _summary_memo(path, dtype)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "summary": summary.to_dict()}))
+        tmp.replace(memo)  # whole or not at all
+    except OSError:
+        pass  # a read-only home: the next process hashes again
 
 
 def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
     key = (str(spec.path) if spec.path else spec.name, dtype)
-    cached = _BASE_CACHE.get(key)
+    cached, versions = _BASE_CACHE.get(key, (None, []))
+    if cached is not None and any(p._version != v for p, v in versions):
+        cached = None  # a holder wrote into the shared weights in place: read them from disk again
     if cached is None:
         path = converted_dir(BASES[spec.name]) if spec.kind == ModelKind.BASE else spec.path
         assert path is not None
@@ -116,10 +175,12 @@ def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
             family = fingerprint(model.config, tokenizer_hash(tok))
         except (AttributeError, TypeError, ValueError, KeyError) as e:
             raise IncompatibleModelsError(f"cannot read the layout of {type(model).__name__} in {path}: {e}") from None
-        cached = LoadedModel.of(spec, model, tok, family)
-        _BASE_CACHE[key] = cached
-    # every caller gets its own module so that merging an adapter never touches the shared copy
-    return cached.running(copy.deepcopy(cached.model))
+        known = _remembered_summary(path, dtype)
+        cached = LoadedModel.of(spec, model, tok, family, weights=known)
+        if known is None:
+            _remember_summary(path, dtype, cached.weights)
+        _BASE_CACHE[key] = (cached, [(p, p._version) for p in model.parameters()])
+    return cached.running(_own_module(cached.model))
 
 
 # --------------------------------------------------------------------------- adapters
@@ -231,8 +292,10 @@ def attach_adapters(base: LoadedModel, specs: list[ModelSpec]) -> tuple[Any, lis
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: bool = True) -> LoadedModel:
     """Load a model by registered name or path.
 
-    A LoRA adapter is applied on a private copy of its base; with ``merge`` (the default) it is
-    merged into the weights, which is fastest for one model per process. An activated adapter is
+    Every load is a module of its own, but the weights of one base are read once per process and shared
+    by its loads (and by adapters over it): wrap, freeze, replace or re-assign them freely, never write
+    into them in place (``copy.deepcopy`` the module first). A LoRA adapter with ``merge`` (the default)
+    is merged into new tensors, which is fastest for one model per process. An activated adapter is
     never merged (it acts only from its invocation on). Raises :class:`DroidspeakError`
     subclasses with one-line messages on bad input.
     """
@@ -243,5 +306,6 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: boo
     base = load_model(spec.parent, dtype=dtype, merge=True)
     peft, ((_, adapter),) = attach_adapters(base, [spec])
     if merge and spec.kind == ModelKind.LORA:
-        return adapter.running(peft.merge_and_unload())  # no adapter left to route: its weights are merged
+        # merged into new tensors (safe_merge), never into the base's weights, whose storage the cache shares
+        return adapter.running(peft.merge_and_unload(safe_merge=True))
     return adapter
