@@ -33,10 +33,9 @@ from droidspeak import tasks  # noqa: E402
 from droidspeak.core.decode import stop_ids  # noqa: E402
 from droidspeak.core.prompt import layout  # noqa: E402
 from droidspeak.models import load_model  # noqa: E402
-from droidspeak.models.surface import ModelSurface  # noqa: E402
 from droidspeak.quality import score  # noqa: E402
 from droidspeak.stats import mean_ci, paired_diff_ci, paired_ratio_ci  # noqa: E402
-from droidspeak.training.adapters import LORA_TARGETS, _lr_factor, _requests_loss, invocation_tokens  # noqa: E402
+from droidspeak.training.adapters import LORA_TARGETS, invocation_tokens, run_steps  # noqa: E402
 from droidspeak.training.variants import recipe, training_groups  # noqa: E402
 
 NOWHERE = [0]  # alora_offsets: the activated part acts on no token of this forward
@@ -58,33 +57,21 @@ def build(base, k: int, r, invocation: list[int]):
 
 
 def train(model, groups, r) -> tuple[list[float], float]:
-    torch.manual_seed(r.seed)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
     low = [p for n, p in model.named_parameters() if p.requires_grad and ".activated." in n]
-    opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, len(groups), r.warmup))
-    surface = ModelSurface(model)
-    losses, t0 = [], time.time()
-    for i, (prefix, requests) in enumerate(groups):
+
+    def context(m, prefix):
         # the context with the top part acting (gradients flow through the top layers only: nothing below K
-        # trains on the context), the activated part nowhere
-        for p in low:  # not even an empty product of theirs may pull the layers below K into the graph
+        # trains on the context), the activated part nowhere; not even an empty product of the activated part may
+        # pull the layers below K into the graph
+        for p in low:
             p.requires_grad_(False)
-        cache = model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1, alora_offsets=NOWHERE).cache
+        cache = m(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1, alora_offsets=NOWHERE).cache
         for p in low:
             p.requires_grad_(True)
-        loss = _requests_loss(model, cache, surface, requests, alora=True)  # both parts act on every request token
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-        print(f"step {i + 1}/{len(groups)} loss {sum(losses[-10:]) / len(losses[-10:]):.3f} "
-              f"({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    model.eval()
-    return losses, time.time() - t0
+        return cache
+
+    torch.manual_seed(r.seed)
+    return run_steps(model, groups, r.lr, r.warmup, context, alora=True, desc="train hybrid")  # both act on requests
 
 
 @torch.inference_mode()

@@ -102,3 +102,31 @@ def test_packed_requests_keep_to_their_own_block(tiny, tiny_ids):
             both = _requests_loss(model, cache, surface, [(q0, a)] + requests[1:], alora=True)
             only = _requests_loss(model, cache, surface, [(q0, a)], alora=True)
             assert torch.allclose(both, (only + 3 * first) / 4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["alora", "lora", "top"])
+def test_training_lowers_the_loss_and_an_activated_adapter_keeps_the_base_context(tiny, tiny_ids, kind):
+    """A few steps of `train_adapter` on one context fit its requests (the loss falls), train the adapter's
+    weights only, and leave an activated adapter's context cache the base's, bit for bit (what makes it exact)."""
+    from droidspeak.testing.tiny import tiny_model
+    from droidspeak.training.adapters import train_adapter
+
+    base = tiny_model(0)
+    before = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    ids = tiny_ids[:48]
+    ak = AdapterKind("top", 3) if kind == "top" else AdapterKind(kind)  # type: ignore[arg-type]
+    model, losses, _ = train_adapter(base, [(ids, _requests())] * 12, ak, rank=4, alpha=8, lr=3e-2, seed=0, warmup=2,
+                                     progress=False, invocation=INVOCATION)
+    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0], losses
+    after = dict(model.named_parameters())
+    for n, p in before.items():  # the base's own weights are untouched; the adapter's were trained
+        assert torch.equal(after[next(k for k in after if k.endswith(n.replace(".weight", ".base_layer.weight"))
+                                      or k.endswith(n))], p), n
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in after.items())
+    with torch.no_grad():
+        own = model(input_ids=torch.tensor([ids]), use_cache=True).cache
+        with model.disable_adapter():
+            theirs = model(input_ids=torch.tensor([ids]), use_cache=True).cache
+    same = [torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values) for a, b in zip(own.layers, theirs.layers)]
+    want = {"alora": [True] * 6, "lora": [False] * 6, "top": [True] * 3 + [False] * 3}[kind]
+    assert same == want, same

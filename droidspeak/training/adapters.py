@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -178,11 +178,25 @@ def train_adapter(base: Any, groups: list[tuple[list[int], list[tuple[list[int],
     pairs. Returns the PeftModel, the loss per step and the wall time.
     """
     from peft import get_peft_model
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     cfg = lora_config(adapter, rank, alpha, base.num_layers, invocation)
     model = get_peft_model(base.model, cfg)
+    alora = adapter.kind == "alora"
+    losses, wall = run_steps(model, groups, lr, warmup, lambda m, prefix: context_cache(m, prefix, alora), alora,
+                             progress, f"train {adapter}")
+    return model, losses, wall
+
+
+def run_steps(model: Any, groups: list[tuple[list[int], list[tuple[list[int], list[int]]]]], lr: float, warmup: int,
+              context: Callable[[Any, list[int]], Any], alora: bool, progress: bool = True,
+              desc: str = "train") -> tuple[list[float], float]:
+    """The training loop over ``groups`` (one step per context) of ``model``'s trainable parameters: AdamW with
+    warm-up and cosine decay, gradients clipped to norm 1. ``context(model, prefix)`` makes a step's context
+    cache; the requests' loss runs packed over it (``alora``: the activated adapter acts on every request token).
+    Returns the loss per step and the wall time."""
+    from tqdm import tqdm
+
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -190,10 +204,10 @@ def train_adapter(base: Any, groups: list[tuple[list[int], list[tuple[list[int],
     surface = ModelSurface(model)
     losses: list[float] = []
     t0 = time.time()
-    bar = tqdm(groups, desc=f"train {adapter}", disable=not progress, file=sys.stderr)
+    bar = tqdm(groups, desc=desc, disable=not progress, file=sys.stderr)
     for prefix, requests in bar:
-        cache = context_cache(model, prefix, alora=adapter.kind == "alora")
-        loss = _requests_loss(model, cache, surface, requests, alora=adapter.kind == "alora")
+        cache = context(model, prefix)
+        loss = _requests_loss(model, cache, surface, requests, alora=alora)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -202,7 +216,7 @@ def train_adapter(base: Any, groups: list[tuple[list[int], list[tuple[list[int],
         losses.append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.eval()
-    return model, losses, time.time() - t0
+    return losses, time.time() - t0
 
 
 def save_half(model: Any, out: Any) -> None:
