@@ -78,6 +78,28 @@ def _quiet_progress():
     return quiet()
 
 
+@contextlib.contextmanager
+def _one_parse_per_file():
+    """transformers parses a GGUF file's header three times in a conversion (for the tokenizer, the config and the
+    weights), each a pure-Python walk over ~50K vocabulary fields (~8 s here); within the conversion each file is
+    parsed once and its reader reused (readers only read: the weights are a read-only memory map)."""
+    import gguf
+
+    orig, readers = gguf.GGUFReader, {}
+
+    def reader(path, *args, **kw):
+        key = (os.path.realpath(path), args, tuple(sorted(kw.items())))
+        if key not in readers:
+            readers[key] = orig(path, *args, **kw)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = orig
+
+
 def converted_dir(base: "GgufBase") -> Path:
     """Convert a shipped GGUF to a safetensors copy once; return its folder."""
     import torch
@@ -98,7 +120,7 @@ def converted_dir(base: "GgufBase") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        with _quiet_progress():
+        with _quiet_progress(), _one_parse_per_file():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
             q = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                      local_files_only=True)
