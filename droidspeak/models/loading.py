@@ -130,34 +130,41 @@ def _file_versions(path: Path) -> list[list[Any]]:
     return out
 
 
-def _summary_memo(path: Path, dtype: torch.dtype) -> tuple[Path, dict[str, Any]]:
+def _summary_memo(path: Path, dtype: torch.dtype) -> tuple[Path, dict[str, Any]] | None:
     """Where the weight summary of ``path``'s current files (as loaded in ``dtype`` by these library versions)
-    is remembered, and the key it must match: hashing 0.5 GB of weights costs seconds per process."""
+    is remembered, and the key it must match (hashing 0.5 GB of weights costs seconds per process); None when
+    the files cannot be listed (loading them says why)."""
     import transformers
 
-    key = {"dir": str(path.resolve()), "dtype": str(dtype), "files": _file_versions(path),
-           "torch": torch.__version__, "transformers": transformers.__version__, "format": 1}
+    try:
+        key = {"dir": str(path.resolve()), "dtype": str(dtype), "files": _file_versions(path),
+               "torch": torch.__version__, "transformers": transformers.__version__, "format": 1}
+    except (OSError, WeightFileError):
+        return None
     name = ident.combine("summary-memo", key["dir"], key["dtype"])
     return home() / "summaries" / f"{name}.json", key
 
 
-def _remembered_summary(path: Path, dtype: torch.dtype) -> WeightSummary | None:
+def _remembered_summary(memo: tuple[Path, dict[str, Any]] | None) -> WeightSummary | None:
     """The summary hashed when these very files were loaded before, else None (then the caller hashes)."""
+    if memo is None:
+        return None
     try:
-        memo, key = _summary_memo(path, dtype)
-        data = json.loads(memo.read_text())
-        return WeightSummary.from_dict(data["summary"]) if data.get("key") == key else None
+        data = json.loads(memo[0].read_text())
+        return WeightSummary.from_dict(data["summary"]) if data.get("key") == memo[1] else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _remember_summary(path: Path, dtype: torch.dtype, summary: WeightSummary) -> None:
+def _remember_summary(memo: tuple[Path, dict[str, Any]] | None, summary: WeightSummary) -> None:
+    if memo is None:
+        return
+    path, key = memo
     try:
-        memo, key = _summary_memo(path, dtype)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": key, "summary": summary.to_dict()}))
-        tmp.replace(memo)  # whole or not at all
+        tmp.replace(path)  # whole or not at all
     except OSError:
         pass  # a read-only home: the next process hashes again
 
@@ -170,15 +177,17 @@ def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
     if cached is None:
         path = converted_dir(BASES[spec.name]) if spec.kind == ModelKind.BASE else spec.path
         assert path is not None
+        # the files' versions before they are read: a file written again meanwhile never matches this key again
+        memo = _summary_memo(path, dtype)
         model, tok = _load_hf_dir(path, dtype)
         try:
             family = fingerprint(model.config, tokenizer_hash(tok))
         except (AttributeError, TypeError, ValueError, KeyError) as e:
             raise IncompatibleModelsError(f"cannot read the layout of {type(model).__name__} in {path}: {e}") from None
-        known = _remembered_summary(path, dtype)
+        known = _remembered_summary(memo)
         cached = LoadedModel.of(spec, model, tok, family, weights=known)
         if known is None:
-            _remember_summary(path, dtype, cached.weights)
+            _remember_summary(memo, cached.weights)
         _BASE_CACHE[key] = (cached, [(p, p._version) for p in model.parameters()])
     return cached.running(_own_module(cached.model))
 
