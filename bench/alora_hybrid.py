@@ -35,21 +35,23 @@ from droidspeak.core.prompt import layout  # noqa: E402
 from droidspeak.models import load_model  # noqa: E402
 from droidspeak.quality import score  # noqa: E402
 from droidspeak.stats import mean_ci, paired_diff_ci, paired_ratio_ci  # noqa: E402
-from droidspeak.training.adapters import LORA_TARGETS, invocation_tokens, run_steps  # noqa: E402
+from droidspeak.training.adapters import AdapterKind, invocation_tokens, lora_config, run_steps  # noqa: E402
 from droidspeak.training.variants import recipe, training_groups  # noqa: E402
 
 NOWHERE = [0]  # alora_offsets: the activated part acts on no token of this forward
 
 
 def build(base, k: int, r, invocation: list[int]):
-    from peft import LoraConfig, get_peft_model
+    """The two parts as the shipped kinds configure them (``lora_config``): the activated part restricted to
+    layers 0..K-1, the top part is the ``top:K`` kind's."""
+    import dataclasses
+
+    from peft import get_peft_model
 
     L = base.num_layers
-    low = LoraConfig(r=r.ranks["alora"], lora_alpha=2 * r.ranks["alora"], lora_dropout=0.0, task_type="CAUSAL_LM",
-                     target_modules=LORA_TARGETS, alora_invocation_tokens=invocation,
-                     layers_to_transform=list(range(k)), layers_pattern="layers")
-    top = LoraConfig(r=r.ranks["lora"], lora_alpha=2 * r.ranks["lora"], lora_dropout=0.0, task_type="CAUSAL_LM",
-                     target_modules=LORA_TARGETS, layers_to_transform=list(range(k, L)), layers_pattern="layers")
+    low = dataclasses.replace(lora_config(AdapterKind("alora"), r.ranks["alora"], 2 * r.ranks["alora"], L, invocation),
+                              layers_to_transform=list(range(k)), layers_pattern="layers")
+    top = lora_config(AdapterKind("top", k), r.ranks["lora"], 2 * r.ranks["lora"], L, None)
     model = get_peft_model(base.model, low, adapter_name="activated")
     model.add_adapter("top", top)
     model.base_model.set_adapter(["activated", "top"])  # both act (each where it may) and both train
