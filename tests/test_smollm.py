@@ -28,9 +28,9 @@ def _process(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "droidspeak", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _cli(*args, timeout=None):
-    """The command through the CLI's own entry point in this process, its output and exit status as a process's
-    (``timeout`` is a process's only): the models this session loaded are not read again."""
+def _cli(*args):
+    """The command through the CLI's own entry point in this process, its output and exit status as a process's:
+    the models this session loaded are not read again."""
     import contextlib
     import io
     import traceback
@@ -303,7 +303,7 @@ def test_sensitivity_study_machinery(smol_base):
 
 
 def test_demo_runs_end_to_end():
-    r = _cli("demo", "--tokens", "400", "--max-new-tokens", "4", timeout=600)
+    r = _cli("demo", "--tokens", "400", "--max-new-tokens", "4")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "TTFT shared" in r.stdout and "smollm2-qa" in r.stdout
     assert all(f"[{t}] base" in r.stdout for t in ("qa", "toolcall", "code"))  # each task's own document
@@ -362,7 +362,7 @@ def test_profile_and_eval_cli_on_smollm(tmp_path):
     out = tmp_path / "p.json"
     r = _cli("profile", "--sender", "base", "--receiver", "smollm2-qa", "--n", "1", "--min-tokens", "200",
              "--max-tokens", "260", "--granularity", "6", "--max-new-tokens", "6", "--search-budget", "2",
-             "--out", str(out), "--json", timeout=600)
+             "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     prof = json.loads(r.stdout)
     assert prof["quality"]["mode"] == "label-free"
@@ -372,13 +372,13 @@ def test_profile_and_eval_cli_on_smollm(tmp_path):
     # on the very rows the profile was measured on
     r = _cli("eval", "--sender", "base", "--receiver", "smollm2-qa", "--plan", f"profile:{out}", "--n", "1",
              "--split", "calib", "--label-free", "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6",
-             "--json", timeout=600)
+             "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(r.stdout)
     assert again["relative_drop"] == pytest.approx(prof["chosen"]["relative_drop"], abs=1e-9)
     assert again["relative_drop_full_reuse"] == pytest.approx(prof["full_reuse"]["relative_drop"], abs=1e-9)
     r = _cli("eval", "--sender", "base", "--receiver", "smollm2-qa", "--plan", f"profile:{out}", "--n", "1",
-             "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6", "--json", timeout=600)
+             "--min-tokens", "200", "--max-tokens", "260", "--max-new-tokens", "6", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads(r.stdout)
     for k in ("quality_full", "quality_plan", "relative_drop", "ttft_speedup", "metric", "rows"):
