@@ -161,6 +161,16 @@ def test_corrupt_adapter_names_the_file(tmp_path):
         load_model(str(d))
     r = _cli("compat", "--sender", "base", "--receiver", str(d))
     assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+    # intact files whose LoRA merges into NaN: refused in one line, never served as NaN logits
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(_variant_dir(), d, dirs_exist_ok=True)
+    t = load_file(str(w))
+    k = next(k for k in sorted(t) if "lora_B" in k)
+    t[k][0, 0] = float("nan")
+    save_file(t, str(w))
+    with pytest.raises(WeightFileError, match="non-finite"):
+        load_model(str(d))
 
 
 def test_corrupt_model_dir_names_the_file(tmp_path, smol_base):
@@ -203,6 +213,11 @@ def test_loaded_models_share_the_base_weights_and_never_change_them(smol_base):
     merged = load_model("smollm2-qa")  # a LoRA merged into its own copy of the projections
     q = "model.layers.0.self_attn.q_proj.weight"
     assert merged.model.get_parameter(q).data_ptr() != pa[q].data_ptr()
+    from droidspeak.models.loading import attach_adapters
+
+    peft, ((name, _),) = attach_adapters(load_model("base"), [resolve("smollm2-qa")])
+    delta = peft.base_model.model.model.layers[0].self_attn.q_proj.get_delta_weight(name)
+    assert torch.equal(merged.model.get_parameter(q), pa[q] + delta)  # the base's weight plus the LoRA's product
     a.model.model.layers[0].mlp.up_proj.weight = torch.nn.Parameter(torch.zeros(1))
     a.model.requires_grad_(False)
     assert same_bytes(load_model("base")) and pb["model.norm.weight"].requires_grad
