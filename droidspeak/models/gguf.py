@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -100,6 +101,21 @@ def _one_parse_per_file():
         gguf.GGUFReader = orig
 
 
+@contextlib.contextmanager
+def _one_name_map():
+    """transformers builds gguf's tensor-name map (every name of the architecture for every block: ~20 ms) once
+    per submodule of the model, ~400 times a conversion; within the conversion it is built once per
+    architecture and block count, and only read."""
+    import gguf
+
+    orig = gguf.get_tensor_name_map
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(orig)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = orig
+
+
 def converted_dir(base: "GgufBase") -> Path:
     """Convert a shipped GGUF to a safetensors copy once; return its folder."""
     import torch
@@ -116,11 +132,15 @@ def converted_dir(base: "GgufBase") -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # an older transformers (vLLM's venv): initialized, then overwritten
+        no_init_weights = contextlib.nullcontext
     log.info("converting %s once to safetensors under %s", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        with _quiet_progress(), _one_parse_per_file():
+        with _quiet_progress(), _one_parse_per_file(), _one_name_map():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
             q = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                                      local_files_only=True)
@@ -128,7 +148,8 @@ def converted_dir(base: "GgufBase") -> Path:
             if hasattr(cfg, "quantization_config"):
                 del cfg.quantization_config
             cfg.architectures = [type(q).__name__]
-            fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+            with no_init_weights():  # every weight is loaded next: a random initialization would be thrown away
+                fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
             fresh.load_state_dict(q.state_dict())
             fresh.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))
