@@ -235,7 +235,8 @@ def test_loaded_models_share_the_base_weights_and_never_change_them(smol_base):
 
 def test_a_weight_summary_is_remembered_per_file_version(tmp_path, smol_base, monkeypatch):
     """A model directory's weights are hashed once per version of its files: the next process reads the summary
-    back; files written again (same size, other bytes) or a damaged memo are hashed anew."""
+    back; files written again (same size, other bytes) or a damaged memo are hashed anew, and files written again
+    while a process runs are read again by its next load."""
     from safetensors.torch import load_file, save_file
 
     import droidspeak.models.loaded as loaded_mod
@@ -262,8 +263,9 @@ def test_a_weight_summary_is_remembered_per_file_version(tmp_path, smol_base, mo
     k = next(x for x in sorted(t) if x.endswith("q_proj.weight"))
     t[k] = t[k] + 0.01
     save_file(t, str(w), metadata={"format": "pt"})
-    again = fresh()
+    again = load_model(str(d))  # this process too reads the new files, never its copy of the old ones
     assert hashed == [1] and again.identity != first.identity and again.weights.layers[1:] == first.weights.layers[1:]
+    assert not torch.equal(again.model.get_parameter(k), first.model.get_parameter(k))
     assert fresh().identity == again.identity and hashed == [1]  # the new version is remembered in turn
     for memo in (tmp_path / "home" / "summaries").glob("*.json"):
         memo.write_text("{not json")

@@ -106,7 +106,8 @@ def summarize_dir(path: Path) -> tuple[Any, WeightSummary]:
 
 
 # --------------------------------------------------------------------------- bases and full models
-_BASE_CACHE: dict[tuple[str, torch.dtype], tuple[LoadedModel, list[tuple[torch.Tensor, int]]]] = {}
+# (path or name, dtype) -> the loaded base, its weights' version counters and its files' versions when loaded
+_BASE_CACHE: dict[tuple[str, torch.dtype], tuple[LoadedModel, list[tuple[torch.Tensor, int]], Any]] = {}
 
 
 def _own_module(model: Any) -> Any:
@@ -169,11 +170,23 @@ def _remember_summary(memo: tuple[Path, dict[str, Any]] | None, summary: WeightS
         pass  # a read-only home: the next process hashes again
 
 
+def _cached_base(key: tuple[str, torch.dtype]) -> LoadedModel | None:
+    """The process's copy of a base, unless a holder wrote into its weights in place or its files were written
+    again since (then they are read from disk again)."""
+    if key not in _BASE_CACHE:
+        return None
+    cached, versions, memo = _BASE_CACHE[key]
+    if any(p._version != v for p, v in versions):
+        return None
+    try:
+        return cached if memo is None or _file_versions(Path(memo[1]["dir"])) == memo[1]["files"] else None
+    except (OSError, WeightFileError):
+        return None  # gone or unreadable: loading it again says why
+
+
 def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
     key = (str(spec.path) if spec.path else spec.name, dtype)
-    cached, versions = _BASE_CACHE.get(key, (None, []))
-    if cached is not None and any(p._version != v for p, v in versions):
-        cached = None  # a holder wrote into the shared weights in place: read them from disk again
+    cached = _cached_base(key)
     if cached is None:
         path = converted_dir(BASES[spec.name]) if spec.kind == ModelKind.BASE else spec.path
         assert path is not None
@@ -188,7 +201,7 @@ def _load_base_like(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
         cached = LoadedModel.of(spec, model, tok, family, weights=known)
         if known is None:
             _remember_summary(memo, cached.weights)
-        _BASE_CACHE[key] = (cached, [(p, p._version) for p in model.parameters()])
+        _BASE_CACHE[key] = (cached, [(p, p._version) for p in model.parameters()], memo)
     return cached.running(_own_module(cached.model))
 
 
@@ -301,7 +314,8 @@ def attach_adapters(base: LoadedModel, specs: list[ModelSpec]) -> tuple[Any, lis
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: bool = True) -> LoadedModel:
     """Load a model by registered name or path.
 
-    Every load is a module of its own, but the weights of one base are read once per process and shared
+    Every load is a module of its own, but the weights of one base are read once per process (again if its
+    files are written again) and shared
     by its loads (and by adapters over it): wrap, freeze, replace or re-assign them freely, never write
     into them in place (``copy.deepcopy`` the module first). A LoRA adapter with ``merge`` (the default)
     is merged into new tensors, which is fastest for one model per process. An activated adapter is
