@@ -12,13 +12,13 @@ from .common import add_rows_args, command_line, emit, load_rows, open_store, re
 
 
 def cmd_reuse(args: argparse.Namespace) -> int:
+    if not 1 <= args.max_new_tokens <= 4096:
+        raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
+    context = read_context(args.context)  # a mistyped argument is refused before seconds of imports
     from ..harness.reuse import parse_plan, prompt_for, run_reuse, warm_up
     from ..models import load_model
     from ..models.family import require_compatible
 
-    if not 1 <= args.max_new_tokens <= 4096:
-        raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
-    context = read_context(args.context)
     sender, receiver = load_model(args.sender), load_model(args.receiver)
     require_compatible(sender.family, receiver.family, sender.name, receiver.name)
     plan = parse_plan(args.plan, sender, receiver)

@@ -316,9 +316,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, merge: boo
 
     Every load is a module of its own, but the weights of one base are read once per process (again once its
     files are written again) and shared by its loads (and by adapters over it): wrap, freeze, replace or
-    re-assign them freely, never write into them in place (``copy.deepcopy`` the module first). A LoRA adapter with ``merge`` (the default)
-    is merged into new tensors, which is fastest for one model per process. An activated adapter is
-    never merged (it acts only from its invocation on). Raises :class:`DroidspeakError`
+    re-assign them freely, never write into them in place (``copy.deepcopy`` the module first). A LoRA adapter
+    with ``merge`` (the default) is merged into new tensors, which is fastest for one model per process. An
+    activated adapter is never merged (it acts only from its invocation on). Raises :class:`DroidspeakError`
     subclasses with one-line messages on bad input.
     """
     spec = resolve(name_or_path)
