@@ -14,9 +14,11 @@ from .common import add_rows_args, command_line, emit, load_rows, open_store, re
 def cmd_reuse(args: argparse.Namespace) -> int:
     if not 1 <= args.max_new_tokens <= 4096:
         raise DroidspeakError("--max-new-tokens must be between 1 and 4096")
-    context = read_context(args.context)  # a mistyped argument is refused before seconds of imports
+    context = read_context(args.context)  # mistyped arguments are refused before the model stack is imported
+    from ..models import load_model, resolve
+
+    resolve(args.sender), resolve(args.receiver)
     from ..harness.reuse import parse_plan, prompt_for, run_reuse, warm_up
-    from ..models import load_model
     from ..models.family import require_compatible
 
     sender, receiver = load_model(args.sender), load_model(args.receiver)

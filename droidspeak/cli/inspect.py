@@ -54,8 +54,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compat(args: argparse.Namespace) -> int:
+    from ..models import load_model, resolve
+
+    resolve(args.sender), resolve(args.receiver)  # a mistyped name is refused before the model stack is imported
     from ..harness.reuse import pair_exactness
-    from ..models import load_model
     from ..models.family import compatibility
 
     a, b = load_model(args.sender), load_model(args.receiver)
