@@ -105,7 +105,7 @@ def variants_section() -> list[str]:
         cell = lambda n: (f"{sc[n]:.3f}{ci(n)} ({n}{_recipe_note(n, ref, notes, r)})" if n else "-")  # noqa: E731
         q = paired_ratio_ci(col(alora), col(lora)) if lora and alora else None
         ratio = f"{q.value:.2f} [{q.low:.2f}, {q.high:.2f}]" if q else "-"
-        asked = r["command"].split("--n ", 1)[1].split()[0] if "--n " in r["command"] else None
+        asked = r["command"].rsplit("--n ", 1)[1].split()[0] if "--n " in r["command"] else None
         if asked and asked.isdigit() and int(asked) > r["rows"]:
             notes.append(f"- {r['task']} at {r['min_tokens']}-{r['max_tokens']} tokens: {r['rows']} rows of the {asked} "
                          "asked: the task's held-out split has no more sources of that length (one row per source).")

@@ -10,7 +10,7 @@ import torch
 
 from droidspeak import RecomputePlan, capture, full_prefill, layout, partial_prefill
 from droidspeak.core.decode import greedy, stop_ids
-from droidspeak.errors import IncompatibleModelsError, UnknownModelError, WeightFileError
+from droidspeak.errors import DroidspeakError, IncompatibleModelsError, UnknownModelError, WeightFileError
 from droidspeak.models import load_model, resolve
 from droidspeak.paths import REPO_DIR as REPO
 
@@ -521,7 +521,7 @@ def test_a_base_and_four_variants_decode_together_as_each_alone():
         assert r.out == want[0, ids.shape[1]:].tolist(), r.model
 
 
-def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys):
+def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys, smol_base):
     """`variants eval --add-to FILE` runs only the new variant, on that evaluation's rows, and keeps its
     columns; other rows, a variant already there, or a file that is no evaluation are one-line errors."""
     from droidspeak.training.variants import evaluate
@@ -537,6 +537,28 @@ def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys):
     assert {k: v["adapter"] for k, v in both["trained"].items()} == {"smollm2-qa-alora": "alora",
                                                                       "smollm2-qa-top20": "top:20"}
     assert both["command"].startswith(first["command"] + "; then droidspeak variants eval smollm2-qa-top20")
+    # a larger --n adds rows: the first row kept as it was, every column run on the new one
+    grown = evaluate([], n=2, progress=False, lengths=(300, 500), add_to=both)
+    assert grown["rows"] == 2 and grown["per_row"][0] == new and grown["variants"] == both["variants"]
+    assert set(grown["per_row"][1]) == set(new) and grown["identities"] == both["identities"]
+    assert grown["command"].endswith("; then droidspeak variants eval --n 2 --min-tokens 300 --max-tokens 500 "
+                                     "--add-to <that result>")
+    from droidspeak import tasks
+    from droidspeak.training.variants import greedy_answer
+
+    row = tasks.generate("qa", "heldout", 2, smol_base.tokenizer, lengths=(300, 500))[1]  # the new row
+    assert grown["per_row"][1]["reference"] == row.reference
+    m = load_model("smollm2-qa-top20")
+    assert grown["per_row"][1]["smollm2-qa-top20_answer"] == greedy_answer(m.model, m.tokenizer, row.context, row.prompt, 16)
+    # ... only with the models that filled the columns: by the recorded identity, else by replaying the first row
+    stale = json.loads(json.dumps(both))
+    stale["identities"]["smollm2-qa-alora"] = "another"
+    with pytest.raises(DroidspeakError, match="not the model that filled that evaluation's 'smollm2-qa-alora'"):
+        evaluate([], n=2, progress=False, lengths=(300, 500), add_to=stale)
+    older = {k: v for k, v in json.loads(json.dumps(both)).items() if k != "identities"}
+    older["per_row"][0]["base_answer"] += " (another model)"
+    with pytest.raises(DroidspeakError, match="'base' column"):
+        evaluate([], n=2, progress=False, lengths=(300, 500), add_to=older)
     out = tmp_path / "first.json"
     out.write_text(json.dumps(first))
     from droidspeak.cli.main import main
@@ -547,7 +569,7 @@ def test_variants_eval_adds_columns_on_the_same_rows(tmp_path, capsys):
         return code, capsys.readouterr().err
 
     for extra, message in ((["smollm2-qa-top20", "--seed", "1"], "not that evaluation's rows"),
-                           (["smollm2-qa-alora"], "already in that evaluation")):
+                           (["smollm2-qa-alora"], "already in that evaluation"), ([], "or an --n above")):
         code, err = cli(*extra, "--n", "1", "--min-tokens", "300", "--max-tokens", "500", "--add-to", str(out))
         assert code == 2 and message in err and err.count("\n") == 1, err[-800:]
     (tmp_path / "junk.json").write_text("[1, 2]")

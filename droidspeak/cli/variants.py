@@ -108,14 +108,15 @@ def register(add) -> None:
     vt.add_argument("--out", help="adapter folder (default adapters/<the variant's name>)")
     vt.add_argument("--json", action="store_true")
     ve = vsub.add_parser("eval", help="score variants of one task and their base on the same held-out rows")
-    ve.add_argument("names", nargs="+", metavar="NAME")
+    ve.add_argument("names", nargs="*", metavar="NAME")
     ve.add_argument("--n", type=int, default=30)
     ve.add_argument("--min-tokens", type=int, default=1024)
     ve.add_argument("--max-tokens", type=int, default=4096)
     ve.add_argument("--seed", type=int, default=0, help="which held-out rows (recorded in the result)")
     ve.add_argument("--out", help="write the full result (per row) as JSON here")
-    ve.add_argument("--add-to", metavar="FILE", help="an earlier evaluation's result: run only NAME on its rows "
-                    "(checked the same) and write it back with the new columns (or to --out)")
+    ve.add_argument("--add-to", metavar="FILE", help="an earlier evaluation's result, completed and written back (or "
+                    "to --out): NAMEs run on its rows (checked the same) as new columns; an --n above its row count "
+                    "adds rows, on which every column runs (each with the model that filled it, checked)")
     ve.add_argument("--json", action="store_true")
 
     vx = vsub.add_parser("export-vllm", help="write an adapter as vLLM loads it (an activated one keeps its invocation "

@@ -205,60 +205,92 @@ def greedy_answer(model: Any, tok: Any, context: str, request: str, max_new_toke
 
 def evaluate(names: list[str] | str, n: int = 30, progress: bool = True, seed: int = 0,
              lengths: tuple[int, int] = (1024, 4096), add_to: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score variants of one task and their base on the same held-out rows of the task. With ``add_to`` (an
-    earlier result of this function), only ``names`` run, on that result's rows (checked the same: each row's
-    token count and reference), and the result holds its columns and theirs."""
+    """Score variants of one task and their base on the same held-out rows of the task.
+
+    With ``add_to`` (an earlier result of this function) it completes that result: ``names`` join as new
+    columns on its rows (checked the same: each row's token count and reference), and an ``n`` above its
+    row count adds rows (the held-out rows are drawn in a fixed order, so the first rows are that result's)
+    on which every column runs. A column only grows with the model that filled it: its recorded identity
+    (or, in results that recorded none, its answer to the first row) must be the same."""
     from tqdm import tqdm
 
     names = [names] if isinstance(names, str) else list(names)
-    recipes = [recipe_of(x) for x in names]
+    before = list(add_to["variants"]) if add_to else []
+    if not names and not (add_to and n > len(add_to["per_row"])):
+        more = f", or an --n above that evaluation's {len(add_to['per_row'])} rows to add rows" if add_to else ""
+        raise DroidspeakError("name a variant to score" + more)
+    recipes = [recipe_of(x) for x in names or before]
     if any(r is None for r in recipes):
-        raise DroidspeakError(f"not a shipped variant with a recipe: {names[recipes.index(None)]}")
+        raise DroidspeakError(f"not a shipped variant with a recipe: {(names or before)[recipes.index(None)]}")
     if len({(r.task, r.parent) for r in recipes}) != 1:  # type: ignore[union-attr]
         raise DroidspeakError("variants compared together must share a task and a base")
     r = recipes[0]
     assert r is not None
-    before = list(add_to["variants"]) if add_to else []
     if add_to and (add_to["task"], add_to["base"]) != (r.task, r.parent):
         raise DroidspeakError(f"that evaluation is of {add_to['task']} on {add_to['base']}, not {r.task} on {r.parent}")
     if set(before) & set(names):
         raise DroidspeakError(f"already in that evaluation: {', '.join(sorted(set(before) & set(names)))}")
+    old = add_to["per_row"] if add_to else []
+    if add_to and n < len(old):
+        raise DroidspeakError(f"that evaluation has {len(old)} rows: give --n {len(old)} (or more, to add rows)")
     metric = tasks.METRIC_OF_TASK[r.task]
     base = load_model(r.parent)
     tok = base.tokenizer
     rows = tasks.generate(r.task, "heldout", n, tok, seed=seed, lengths=lengths)
     keys = [(len(layout(tok, row.context, row.prompt).ids), row.reference) for row in rows]
-    old = add_to["per_row"] if add_to else None
-    if old is not None and keys != [(x["tokens"], x["reference"]) for x in old]:  # checked before loading anything
+    if add_to and keys[:len(old)] != [(x["tokens"], x["reference"]) for x in old]:  # checked before loading more
         raise DroidspeakError(f"these are not that evaluation's rows (give its --n, --seed, --min-tokens and "
-                              f"--max-tokens: {add_to['command']})")  # type: ignore[index]
-    models = ({} if add_to else {"base": base}) | {x: load_model(x) for x in names}
+                              f"--max-tokens: {add_to['command']})")
+    everyone = before + names
+    grows = len(rows) > len(old)
+    models = {"base": base} if not add_to or grows else {}
+    models |= {x: load_model(x) for x in (everyone if grows else names)}
+    if add_to and grows:
+        _same_models(add_to, {k: m for k, m in models.items() if k in ["base", *before]}, rows[0], r.max_new_tokens)
     per_row = []
-    for i, row in enumerate(tqdm(rows, desc=f"eval {', '.join(names)}", disable=not progress, file=sys.stderr)):
-        rec: dict[str, Any] = dict(old[i]) if old else {"tokens": keys[i][0], "reference": row.reference}
+    for i, row in enumerate(tqdm(rows, desc=f"eval {', '.join(models)}", disable=not progress, file=sys.stderr)):
+        rec: dict[str, Any] = dict(old[i]) if i < len(old) else {"tokens": keys[i][0], "reference": row.reference}
         for key, m in models.items():
+            if key in rec:
+                continue
             a = greedy_answer(m.model, tok, row.context, row.prompt, r.max_new_tokens)
             rec[key] = score(metric, a, row.reference or "")
             rec[f"{key}_answer"] = a
         per_row.append(rec)
-    everyone = before + names
     mean = lambda k: round(sum(x[k] for x in per_row) / max(1, len(per_row)), 4)  # noqa: E731
     col = lambda k: [x[k] for x in per_row]  # noqa: E731
-    command = ("droidspeak variants eval " + " ".join(shlex.quote(x) for x in names) + f" --n {n}"
-               + (f" --seed {seed}" if seed else "")
-               + (f" --min-tokens {lengths[0]} --max-tokens {lengths[1]}" if lengths != (1024, 4096) else ""))
+    command = " ".join(["droidspeak variants eval", *map(shlex.quote, names), f"--n {n}"]
+                       + ([f"--seed {seed}"] if seed else [])
+                       + ([f"--min-tokens {lengths[0]} --max-tokens {lengths[1]}"] if lengths != (1024, 4096) else []))
+    identities = (add_to or {}).get("identities", {}) | {k: m.identity for k, m in models.items()}
     return {
         "task": r.task, "metric": metric, "rows": len(per_row), "base": r.parent, "variants": everyone,
         "scores": {k: mean(k) for k in ["base", *everyone]},
         "intervals": {k: mean_ci(col(k)).to_dict() for k in ["base", *everyone]},  # 95% bootstrap over rows
         "minus_base": {k: paired_diff_ci(col(k), col("base")).to_dict() for k in everyone},  # paired, same rows
         "trained": {k: (add_to or {}).get("trained", {}).get(k) or training_record(k) for k in everyone},
+        "identities": identities,
         "seed": seed,
         "variant": everyone[0], "variant_score": mean(everyone[0]), "base_score": mean("base"),
         "min_tokens": min(x["tokens"] for x in per_row), "max_tokens": max(x["tokens"] for x in per_row),
         "command": f"{add_to['command']}; then {command} --add-to <that result>" if add_to else command,
         "per_row": per_row,
     }
+
+
+def _same_models(earlier: dict[str, Any], models: dict[str, Any], first: Any, max_new_tokens: int) -> None:
+    """Refuse to add rows to a column with another model than the one that filled it: by the identity the
+    result recorded, or (results that recorded none) by its answer to the first row, replayed."""
+    recorded = earlier.get("identities", {})
+    for key, m in models.items():
+        if key in recorded:
+            same = recorded[key] == m.identity
+        else:
+            same = greedy_answer(m.model, m.tokenizer, first.context, first.prompt, max_new_tokens) == \
+                earlier["per_row"][0][f"{key}_answer"]
+        if not same:
+            raise DroidspeakError(f"{m.name} is not the model that filled that evaluation's '{key}' column "
+                                  f"(retrained since?): rows cannot be added to it")
 
 
 def profile_path(sender: str, receiver: str) -> Path:
