@@ -679,7 +679,7 @@ def train_step_section() -> list[str]:
 def hybrid_section() -> list[str]:
     """Issue 23's hybrid recipe: an activated LoRA below layer K and a LoRA on layers K+, paired with the variants
     table's columns on the same rows (one row per K measured)."""
-    runs = [json.loads(f.read_text()) for f in sorted(RES.glob("alora_hybrid*.json"))]
+    runs = sorted((json.loads(f.read_text()) for f in RES.glob("alora_hybrid*.json")), key=lambda r: r["first_layer"])
     out = ["## An activated LoRA below layer K, a LoRA above it: the hybrid recipe", ""]
     if not runs:
         return out + ["(not measured yet: `python bench/alora_hybrid.py`)", ""]

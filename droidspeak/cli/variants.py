@@ -25,6 +25,8 @@ def read_result(path: str) -> dict:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
+    if args.variants_cmd == "export-vllm":
+        return _export_vllm(args)
     from ..training import variants
 
     if args.variants_cmd == "list":
@@ -60,23 +62,27 @@ def cmd_variants(args: argparse.Namespace) -> int:
              + "".join(f"\n  {k} - base (paired): {v['value']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
                        for k, v in res["minus_base"].items()))
         return 0
-    if args.variants_cmd == "export-vllm":
-        from ..integrations.vllm.adapters import export_for_vllm
-        from ..models import registry
-
-        spec = registry().get(args.name)
-        src = spec.path if spec is not None and spec.path is not None else Path(args.name)
-        if not (src / "adapter_config.json").is_file():
-            raise DroidspeakError(f"'{args.name}' is neither a shipped variant nor an adapter folder")
-        out = export_for_vllm(src, Path(args.out))
-        cfg = json.loads((out / "adapter_config.json").read_text())
-        activated = "droidspeak_alora_invocation_tokens" in cfg
-        emit(args, {"adapter": str(out), "activated": activated},
-             f"wrote {out}: " + ("an activated adapter; served by vLLM with the droidspeak connector it keeps its own "
-                                 "semantics (the base's cache before its invocation)" if activated else
-                                 "a plain LoRA (vLLM serves it as it is)"))
-        return 0
     raise DroidspeakError("use: droidspeak variants {list,train,eval,export-vllm}")
+
+
+def _export_vllm(args: argparse.Namespace) -> int:
+    """``variants export-vllm``: without the training stack (a missing folder is refused before the models')."""
+    from ..models import registry
+
+    spec = registry().get(args.name)
+    src = spec.path if spec is not None and spec.path is not None else Path(args.name)
+    if not (src / "adapter_config.json").is_file():
+        raise DroidspeakError(f"'{args.name}' is neither a shipped variant nor an adapter folder")
+    from ..integrations.vllm.adapters import export_for_vllm
+
+    out = export_for_vllm(src, Path(args.out))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    activated = "droidspeak_alora_invocation_tokens" in cfg
+    emit(args, {"adapter": str(out), "activated": activated},
+         f"wrote {out}: " + ("an activated adapter; served by vLLM with the droidspeak connector it keeps its own "
+                             "semantics (the base's cache before its invocation)" if activated else
+                             "a plain LoRA (vLLM serves it as it is)"))
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
