@@ -272,6 +272,30 @@ def test_a_weight_summary_is_remembered_per_file_version(tmp_path, smol_base, mo
     assert fresh().identity == again.identity and hashed == [1, 1]
 
 
+def test_a_directory_summary_ties_the_head_as_loading_does(tmp_path, smol_base):
+    """A tied model's directory summarized from its files (what vLLM keys by) equals its loaded summary, whether
+    its files leave the head out, hold a copy of the embedding, or hold a head of its own (loaded untied)."""
+    from safetensors.torch import load_file, save_file
+
+    from droidspeak.models.loading import summarize_dir
+    from droidspeak.testing.tiny import tiny_model
+
+    seen = set()
+    for how in ("left out", "a copy", "its own"):
+        d = _tiny_dir(tmp_path, how.replace(" ", "-"), tiny_model(0, vocab_size=smol_base.family.vocab_size).model,
+                      smol_base.tokenizer)
+        w = d / "model.safetensors"
+        t = load_file(str(w))
+        assert "lm_head.weight" not in t
+        if how != "left out":
+            t["lm_head.weight"] = t["model.embed_tokens.weight"] + (0.5 if how == "its own" else 0.0)
+            save_file(t, str(w), metadata={"format": "pt"})
+        loaded = load_model(str(d))
+        assert summarize_dir(d)[1] == loaded.weights, how
+        seen.add(loaded.identity)
+    assert len(seen) == 2  # a copy is the same model as none; a head of its own is another
+
+
 def test_adapter_for_another_base_is_refused(tmp_path, smol_base):
     from peft import LoraConfig, get_peft_model
 

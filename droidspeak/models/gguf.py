@@ -150,6 +150,7 @@ def converted_dir(base: "GgufBase") -> Path:
             cfg.architectures = [type(q).__name__]
             with no_init_weights():  # every weight is loaded next: a random initialization would be thrown away
                 fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+            fresh.tie_weights()  # skipped with the initialization: a tied head is saved as the embedding, not a copy
             fresh.load_state_dict(q.state_dict())
             fresh.save_pretrained(str(tmp), safe_serialization=True)
             tok.save_pretrained(str(tmp))

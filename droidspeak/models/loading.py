@@ -99,7 +99,10 @@ def summarize_dir(path: Path) -> tuple[Any, WeightSummary]:
         raise WeightFileError(f"cannot read the model in {path}: {str(e).splitlines()[0]}") from None
     tied = getattr(config.get_text_config(decoder=True), "tie_word_embeddings", False)
     embed = next((k for k in state if k.endswith("embed_tokens.weight")), None)
-    if tied and embed is not None and "lm_head.weight" not in state:
+    head = state.get("lm_head.weight")
+    # transformers ties the head to the embedding when the files leave it out or hold a copy of it (then both
+    # are one tensor, hashed once); a head of other values is loaded as it is
+    if tied and embed is not None and (head is None or torch.equal(head, state[embed])):
         state["lm_head.weight"] = state[embed]
     digest_embed, layers = ident.layer_digests(state, family.num_layers)
     return family, WeightSummary(ident.tensors_digest(state), digest_embed, layers)
