@@ -340,8 +340,9 @@ def _merged(peft: Any, path: Path) -> Any:
 
     Each adapted layer's weight (and bias) gets a storage of its own first (the same Parameter object, so a
     tie stays a tie), then PEFT merges into it in place. PEFT's ``safe_merge`` does the same copy but checks
-    every merged element with ``isfinite(w).all()`` (4 s of a 10 s load here); a sum is non-finite exactly
-    when an element is (or the weights are beyond float range), at a thirtieth of the cost."""
+    every merged element with ``isfinite(w).all()``, ~30x slower here than a sum, which is non-finite exactly
+    when an element is (or the weights are beyond float range): a SmolLM2 LoRA merges in 0.19-0.33 s against
+    0.34-0.47 s."""
     from peft.tuners.lora import LoraLayer
 
     adapted: dict[int, torch.nn.Parameter] = {}
