@@ -207,7 +207,8 @@ def test_engine_serves_the_fleet_from_one_prefill(tiny, fleet):
 
 def test_a_stored_prefix_past_the_activation_point_is_cut_back_to_it(tiny, fleet):
     """The base stored its whole prompt, request tokens included; the adapter's prompt shares them up to
-    (and past) its invocation: only the blocks before its activation point are reused, exactly."""
+    (and past) its invocation: only what precedes its activation point is reused, exactly: the blocks before
+    it, and the context's partial last block where it ends there (the in-process tier keeps it), else not."""
     a = fleet["alora"]
     ctx, common = _ids(70, 14), list(INVOKE) + _ids(12, 15)  # both requests start alike
     store = CacheStore(MemoryBackend(1 << 28))
@@ -219,6 +220,18 @@ def test_a_stored_prefix_past_the_activation_point_is_cut_back_to_it(tiny, fleet
     res = serve_prefill(a, store, prompt, ShareOptions(store_on_miss=False))
     assert res.info.kind == ShareKind.EXACT and res.info.reused_tokens == 64
     assert torch.max(torch.abs(res.logits - full_prefill(a, prompt.ids).logits)) <= ATOL
+    from droidspeak.store import open_store
+
+    store = open_store("memory")  # the in-process tier: the context's last 6 tokens too, up to the activation point
+    serve_prefill(tiny, store, PromptTokens(tuple(ctx), tuple(common + _ids(20, 16))))
+    assert store.lookup(tiny.family, prompt.ids[:-1])[0].tokens == 80
+    res = serve_prefill(a, store, prompt, ShareOptions(store_on_miss=False))
+    assert res.info.kind == ShareKind.EXACT and res.info.reused_tokens == 70
+    assert torch.max(torch.abs(res.logits - full_prefill(a, prompt.ids).logits)) <= ATOL
+    other = PromptTokens(tuple(ctx[:-1] + [ctx[-1] % 200 + 11]), tuple(common + _ids(6, 17)))  # its last token differs
+    res = serve_prefill(a, store, other, ShareOptions(store_on_miss=False))
+    assert res.info.kind == ShareKind.EXACT and res.info.reused_tokens == 64  # no stored partial block begins it
+    assert torch.max(torch.abs(res.logits - full_prefill(a, other.ids).logits)) <= ATOL
 
 
 def test_an_exact_hit_extends_the_stored_prefix(tiny, fleet):
@@ -243,3 +256,28 @@ def test_an_exact_hit_extends_the_stored_prefix(tiny, fleet):
     r3 = serve_prefill(fleet["top"], store, top, ShareOptions(store_on_miss=False), hosted=peers)
     assert r3.info.kind == ShareKind.EXACT and r3.info.reused_tokens == 80 and r3.info.plan == "3:6"
     assert torch.max(torch.abs(r3.logits - full_prefill(fleet["top"], top.ids).logits)) <= ATOL
+
+
+def test_a_context_ending_inside_a_block_is_reused_to_its_last_token(tiny, fleet):
+    """The in-process tier keeps a context's partial last block: the next request on the same context (the base's
+    own next question, an activated adapter's) reuses every token of it and answers as its own prefill; a context
+    that differs only in those last tokens reuses the whole blocks alone. An activated adapter's own turn before
+    its invocation extends the stored context from inside that block (its E included, which a frozen-bottom
+    peer's plan reads)."""
+    from droidspeak.store import open_store
+
+    store = open_store("memory")
+    peers = [m.weights for m in fleet.values()]
+    ctx, turn = _ids(70, 31), _ids(20, 32)  # the context: 4 whole blocks and 6 tokens
+    r0 = serve_prefill(tiny, store, PromptTokens(tuple(ctx), (11, 12, 13)), hosted=peers)
+    assert r0.info.kind == ShareKind.MISS and r0.info.stored_tokens == 70
+    asked = [(tiny, PromptTokens(tuple(ctx), (21, 22)), ShareKind.SAME_MODEL, 70),
+             (fleet["alora"], PromptTokens(tuple(ctx), INVOKE + (20, 21)), ShareKind.EXACT, 70),
+             (tiny, PromptTokens(tuple(ctx[:-1] + [ctx[-1] % 200 + 11]), (21, 22)), ShareKind.SAME_MODEL, 64),
+             (fleet["alora2"], PromptTokens(tuple(ctx), tuple(turn) + INVOKE + (20, 21)), ShareKind.EXACT, 70),
+             (fleet["top"], PromptTokens(tuple(ctx + turn), (40, 41)), ShareKind.EXACT, 80)]  # what alora2 stored
+    for model, prompt, kind, reused in asked:
+        r = serve_prefill(model, store, prompt, ShareOptions(store_on_miss=False), hosted=peers)
+        assert r.info.kind == kind and r.info.reused_tokens == reused
+        assert torch.max(torch.abs(r.logits - full_prefill(model, prompt.ids).logits)) <= ATOL
+        assert greedy(model, r, 6) == greedy(model, full_prefill(model, prompt.ids), 6)

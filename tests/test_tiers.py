@@ -113,7 +113,7 @@ def test_a_full_writer_drops_writes_never_requests(tiny, tiny_recv, tiny_ids):
     for ctx in contexts:  # every request is answered at once, from its own prefill
         r = serve_prefill(tiny, store, PromptTokens(tuple(ctx), (3, 4)))
         assert torch.max(torch.abs(r.logits - full_prefill(tiny, ctx + [3, 4]).logits)) <= ATOL
-        assert r.info.stored_tokens == 64  # in the in-process tier
+        assert r.info.stored_tokens == 72  # in the in-process tier: 4 blocks and the context's last 8 tokens
     assert store.stats.counts["writes_dropped"] >= 2 and store.writer.dropped >= 2
     slow.gate.set()
     store.flush(30)

@@ -53,7 +53,7 @@ class Settings:
                             "one-time costs (0: none)")
     packed_weights: bool = _f(False, "DROIDSPEAK_PACKED_WEIGHTS", "also keep each model's projection weights packed "
                               "for oneDNN, for decode steps of 2-16 requests (their projections ~1.5x faster here, four "
-                              "models served at once 1.05x: BENCHMARKS.md); costs the weights' bytes again")
+                              "models served at once 1.05-1.14x in two runs: BENCHMARKS.md); costs the weights' bytes again")
     ttft_slo_s: float = _f(5.0, "DROIDSPEAK_TTFT_SLO_S", "TTFT target used to choose plans when the queue is empty")
     policy: str = _f("load", "DROIDSPEAK_POLICY", "plan choice: load (paper appendix + bandwidth), bandwidth, profile",
                      choices=POLICIES)

@@ -9,7 +9,7 @@ by policy and never narrower than the quality guard's floor); with neither, a mi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..core.plan import RecomputePlan
 from ..core.prompt import PromptTokens
@@ -79,13 +79,15 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
         if ex.exact:
             if ex.needs_activation_after_context and not exact_after(at, h.tokens):
                 # the stored prefix runs past where the adapter starts acting: only what precedes it is exact
-                # (every block boundary of a stored context is a stored prefix too)
-                shorter = (at or 0) // store.block * store.block
-                if shorter < max(1, opts.min_hit_fraction * len(ids)):
+                # (every block boundary of a stored context is a stored prefix too, and so is a context's
+                # partial last block, often ending right there: a turn's start is a common invocation)
+                cut = store.lookup(receiver.family, ids[:at], senders=[h.sender], num_layers=L,
+                                   count=False) if at else []
+                if not cut or cut[0].tokens < max(1, opts.min_hit_fraction * len(ids)):
                     log.info("exact reuse refused: the activation point (%s) lies inside the stored prefix "
                              "(%d tokens)", at, h.tokens)
                     continue
-                h = replace(h, tokens=shorter)
+                h = cut[0]
             plan = RecomputePlan.parse(ex.plan or "none", L)
             if plan.fits(h.e_layers):
                 return Decision(ShareKind.EXACT, h, plan, ex.reason)

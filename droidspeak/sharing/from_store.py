@@ -79,9 +79,13 @@ def prefill_from_store(receiver: LoadedModel, store: CacheStore, hit: Hit, plan:
                             Timings(time.perf_counter() - t0, asm.compute_s, suffix_s, asm.wait_s), at)
     if record is not None and hit.producer is not None and extend is not None:
         n, layers = extend[0], res.cache.layers
-        res.info.stored_tokens = store.extend(receiver.family, hit.producer, ids[:n], m, receiver.num_layers,
-                                              lambda layer: (layers[layer].keys[:, :, m:n], layers[layer].values[:, :, m:n]),
-                                              {layer: torch.cat(p, dim=1)[:, :n - m] for layer, p in record.items() if p})
+        s = m - m % store.block  # a hit that ends inside a block (a partial block): extended from that block's start
+        head = hit.blocks[-1].e if s < m and hit.blocks else {}
+        e = {layer: torch.cat(([head[layer][None]] if s < m else []) + p, dim=1)[:, :n - s]
+             for layer, p in record.items() if p and (s == m or layer in head)}
+        res.info.stored_tokens = store.extend(receiver.family, hit.producer, ids[:n], s, receiver.num_layers,
+                                              lambda layer: (layers[layer].keys[:, :, s:n], layers[layer].values[:, :, s:n]),
+                                              e)
     return res
 
 

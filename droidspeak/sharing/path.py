@@ -110,8 +110,22 @@ def prefill_miss(receiver: LoadedModel, store: CacheStore | None, prompt: Prompt
         info.stored_tokens = store.put_context(receiver.family, receiver.capture_weights, ids[:n], receiver.num_layers,
                                                lambda layer: (cache.layers[layer]._k[:, :, :n],
                                                               cache.layers[layer]._v[:, :, :n]), e)
+        end = _context_end(prompt, at)
+        lo = end // store.block * store.block
+        if 0 < lo < end and lo <= info.stored_tokens:  # the context's partial last block too, in the in-process tier
+            tail = store.put_tail(receiver.family, receiver.capture_weights, ids[:end], receiver.num_layers,
+                                  lambda layer: (cache.layers[layer]._k[:, :, lo:end], cache.layers[layer]._v[:, :, lo:end]),
+                                  {layer: t[:, lo:end] for layer, t in e.items() if t.shape[1] >= end})
+            info.stored_tokens = max(info.stored_tokens, tail)
     t = time.perf_counter() - t0
     return PrefillResult(cache, logits, list(range(receiver.num_layers)), info, Timings(t, t), at)
+
+
+def _context_end(prompt: PromptTokens, at: int | None) -> int:
+    """Where the shared context of a prompt ends (its prefix: every turn but the last), and for an activated
+    adapter no further than its activation point (a stored context is always its base's cache)."""
+    end = min(len(prompt.prefix), len(prompt.ids) - 1)
+    return min(end, at) if at is not None else end
 
 
 def _miss_with_capture(receiver: LoadedModel, store: CacheStore | None, prompt: PromptTokens, opts: ShareOptions,

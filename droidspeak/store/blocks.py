@@ -8,7 +8,12 @@ be found by a prompt that begins with exactly its tokens. A block holds the K/V 
 peers need, ``[block, hidden]`` each. Nothing is serialised or checksummed: this is the process's own
 memory, as trusted as the model itself.
 
-A hit is a run of consecutive blocks from the first; a receiver whose cache is one buffer for all
+A context's last, partial block (its shared prefix ending inside a block: the tokens after the last
+full block, up to where the requests' own turns begin) is kept too, keyed by the chained hash before
+it and its tokens (:func:`~.keys.tail_hash`), so a request on the same context reuses every token of
+it, not only the whole blocks, and runs only its own tokens as the direct path does.
+
+A hit is a run of consecutive blocks from the first (then at most one partial block); a receiver whose cache is one buffer for all
 layers (every layer full attention) takes them with one copy per block into its own cache
 (:meth:`BlockTier.fill`); others gather per layer. The budget is in bytes, least-recently-used
 blocks go first.
@@ -92,6 +97,28 @@ class BlockTier:
             self._evict()
         return len(chains)
 
+    def put_tail(self, family: str, producer: WeightSummary, chain: str, key: str, num_layers: int,
+                 kv: Callable[[int], KV], e: Mapping[int, torch.Tensor]) -> bool:
+        """Store a context's partial last block under ``key`` (:func:`~.keys.tail_hash`): ``kv(layer)`` its K/V
+        (``[1, kv_heads, r, head_dim]``), ``e`` its E (``[1, r, hidden]``). Kept only after the full block
+        ``chain`` it follows, which must be held. Whether it is held afterwards."""
+        layers = [kv(layer) for layer in range(num_layers)]
+        with self._lock:
+            if (family, producer.identity, chain) not in self._blocks:
+                return False
+            full = (family, producer.identity, key)
+            if full in self._blocks:
+                self._blocks.move_to_end(full)
+                return True
+            block = Block(torch.stack([torch.stack((k[0], v[0])) for k, v in layers]),
+                          {layer: t[0].clone() for layer, t in e.items()})
+            if self.budget is not None and block.nbytes > self.budget:
+                return False
+            self._blocks[full] = block
+            self._bytes += block.nbytes
+            self._evict()
+        return full in self._blocks
+
     def _evict(self) -> None:
         while self.budget is not None and self._bytes > self.budget and self._blocks:
             _, gone = self._blocks.popitem(last=False)
@@ -102,9 +129,11 @@ class BlockTier:
     def producers(self, family: str) -> dict[str, WeightSummary]:
         return dict(self._producers.get(family, {}))
 
-    def held(self, family: str, producer: str, chains: list[str]) -> list[Block]:
+    def held(self, family: str, producer: str, chains: list[str],
+             tails: Callable[[int], list[str]] | None = None) -> list[Block]:
         """The consecutive blocks held from the first for these chains (the longest stored prefix), each
-        marked as just used."""
+        marked as just used; then, after ``k`` of them, the first partial block held among ``tails(k)`` (its
+        keys, longest first), if it holds every E the whole blocks do."""
         out = []
         with self._lock:
             for chain in chains:
@@ -113,6 +142,13 @@ class BlockTier:
                     break
                 self._blocks.move_to_end((family, producer, chain))
                 out.append(block)
+            if out and tails is not None:
+                for key in tails(len(out)):
+                    tail = self._blocks.get((family, producer, key))
+                    if tail is not None and set(out[-1].e) <= set(tail.e):
+                        self._blocks.move_to_end((family, producer, key))
+                        out.append(tail)
+                        break
         return out
 
     def nbytes(self) -> int:
@@ -140,11 +176,12 @@ class BlockSource:
         return kv[0:1], kv[1:2]
 
     def fill(self, buffer: torch.Tensor) -> None:
-        """Copy the blocks into a cache's one buffer ``[L, 2, 1, kv_heads, max_tokens, head_dim]`` (one copy each)."""
-        b = self.blocks[0].kv.shape[3] if self.blocks else 0
-        for i, block in enumerate(self.blocks):
-            lo = i * b
-            hi = min(lo + b, self.tokens)
+        """Copy the blocks into a cache's one buffer ``[L, 2, 1, kv_heads, max_tokens, head_dim]`` (one copy each;
+        the last may be a partial block)."""
+        lo = 0
+        for block in self.blocks:
+            hi = min(lo + block.kv.shape[3], self.tokens)
             if hi <= lo:
                 break
             buffer[:, :, 0, :, lo:hi].copy_(block.kv[:, :, :, :hi - lo])
+            lo = hi

@@ -30,7 +30,7 @@ from ..models.family import FamilyFingerprint
 from .backends import Backend
 from .blocks import Block, BlockSource, BlockTier
 from .codec import CorruptEntry, decode, encode
-from .keys import DEFAULT_BLOCK, FORMAT_VERSION, KeySpace, chain_hashes
+from .keys import DEFAULT_BLOCK, FORMAT_VERSION, KeySpace, chain_hashes, tail_hash
 from .writer import Writer
 
 log = logging.getLogger("droidspeak.store")
@@ -198,6 +198,20 @@ class CacheStore:
             ok &= self.backend.put(self.keys.senders(fam), json.dumps(sorted(senders)).encode())
         return n if ok else 0
 
+    def put_tail(self, family: FamilyFingerprint, producer: WeightSummary, token_ids: list[int] | tuple[int, ...],
+                 num_layers: int, kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]], e: dict[int, torch.Tensor]) -> int:
+        """Keep a context's partial last block in the in-process tier: the tokens of ``token_ids`` after its last
+        full block (stored before), whose K/V ``kv(layer)`` gives (``[1, kv_heads, r, head_dim]``) and E ``e``
+        (``[1, r, hidden]``). A prompt on the same context then reuses it to the token. The byte tiers keep whole
+        blocks only. Returns the tokens stored through it (0: none: no partial block, or no full block before)."""
+        b = self.block
+        k, r = divmod(len(token_ids), b)
+        if self.blocks is None or k == 0 or r == 0:
+            return 0
+        chain = chain_hashes(token_ids[:k * b], b)[-1]
+        ok = self.blocks.put_tail(family.digest, producer, chain, tail_hash(chain, token_ids[k * b:]), num_layers, kv, e)
+        return len(token_ids) if ok else 0
+
     def extend(self, family: FamilyFingerprint, producer: WeightSummary, token_ids: list[int], start: int,
                num_layers: int, kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                e: dict[int, torch.Tensor]) -> int:
@@ -240,25 +254,34 @@ class CacheStore:
     # ------------------------------------------------------------------ lookup
     def lookup(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...],
                senders: list[str] | None = None, num_layers: int | None = None,
-               refused: list[str] | None = None) -> list[Hit]:
+               refused: list[str] | None = None, count: bool = True) -> list[Hit]:
         """The longest stored prefix of ``token_ids`` per sender (longest first; at equal length, the
-        in-process tier's). Stored values a sealed tier refused on the way (not authenticated under this
-        node's secret) are named in ``refused``."""
+        in-process tier's): whole blocks, and in the in-process tier a context's partial last block after
+        them. Stored values a sealed tier refused on the way (not authenticated under this node's secret)
+        are named in ``refused``; ``count``: counted in the store's lookup statistics."""
         fam = family.digest
         chains = chain_hashes(token_ids, self.block)
         if not chains:
             return []
         hits: dict[str, Hit] = {}
         if self.blocks is not None:
+            b, tails_at = self.block, {}
+
+            def tails(k: int) -> list[str]:  # partial blocks that may follow k whole ones, longest first
+                if k not in tails_at:
+                    tails_at[k] = [tail_hash(chains[k - 1], token_ids[k * b:k * b + r])
+                                   for r in range(min(b - 1, len(token_ids) - k * b), 0, -1)]
+                return tails_at[k]
+
             for snd, producer in self.blocks.producers(fam).items():
                 if senders is not None and snd not in senders:
                     continue
-                held = self.blocks.held(fam, snd, chains)
+                held = self.blocks.held(fam, snd, chains, tails)
                 if not held or (num_layers is not None and held[0].kv.shape[0] != num_layers):
                     continue
-                e_layers = set.intersection(*(set(b.e) for b in held))
-                n = len(held) * self.block
-                hits[snd] = Hit(snd, n, chains[len(held) - 1], n, held[0].kv.shape[0], tuple(sorted(e_layers)),
+                e_layers = set.intersection(*(set(x.e) for x in held))
+                n = sum(x.kv.shape[3] for x in held)
+                hits[snd] = Hit(snd, n, chains[n // b - 1], n, held[0].kv.shape[0], tuple(sorted(e_layers)),
                                 producer, tuple(held))
         if self.backend is not None:
             if self.writer is not None and not hits:  # a context in the in-process tier was found there
@@ -266,8 +289,9 @@ class CacheStore:
             for h in self._lookup_shared(fam, chains, senders, num_layers, refused):
                 if h.sender not in hits or hits[h.sender].tokens < h.tokens:
                     hits[h.sender] = h
-        self.stats.bump("lookups")
-        self.stats.bump("lookup_hits" if hits else "lookup_misses")
+        if count:  # not a second look for the same request
+            self.stats.bump("lookups")
+            self.stats.bump("lookup_hits" if hits else "lookup_misses")
         return sorted(hits.values(), key=lambda h: -h.tokens)
 
     def lookup_prefix(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...], sender: str,

@@ -41,6 +41,13 @@ def chain_hashes(token_ids: list[int] | tuple[int, ...], block: int = DEFAULT_BL
     return out
 
 
+def tail_hash(chain: str, tail: list[int] | tuple[int, ...]) -> str:
+    """Hash of a partial block: the ``tail`` tokens (fewer than a block) right after the full block whose chained
+    hash is ``chain``. Hashed apart from full blocks (its own personalization), so it can never be taken for one."""
+    arr = np.asarray(tail, dtype=np.int64)
+    return hashlib.blake2b(bytes.fromhex(chain) + arr.tobytes(), digest_size=16, person=b"droidspeak-tail").hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpace:
     """Key builder for one deployment namespace."""
