@@ -81,13 +81,12 @@ def decide(receiver: LoadedModel, store: CacheStore, prompt: PromptTokens, opts:
                 # the stored prefix runs past where the adapter starts acting: only what precedes it is exact
                 # (every block boundary of a stored context is a stored prefix too, and so is a context's
                 # partial last block, often ending right there: a turn's start is a common invocation)
-                cut = store.lookup(receiver.family, ids[:at], senders=[h.sender], num_layers=L,
-                                   count=False) if at else []
-                if not cut or cut[0].tokens < max(1, opts.min_hit_fraction * len(ids)):
+                cut = store.cut(h, receiver.family, ids[:at]) if at else None
+                if cut is None or cut.tokens < max(1, opts.min_hit_fraction * len(ids)):
                     log.info("exact reuse refused: the activation point (%s) lies inside the stored prefix "
                              "(%d tokens)", at, h.tokens)
                     continue
-                h = cut[0]
+                h = cut
             plan = RecomputePlan.parse(ex.plan or "none", L)
             if plan.fits(h.e_layers):
                 return Decision(ShareKind.EXACT, h, plan, ex.reason)

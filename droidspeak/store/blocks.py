@@ -41,6 +41,12 @@ class Block:
     kv: torch.Tensor  # [L, 2, kv_heads, block, head_dim]
     e: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [block, hidden]
 
+    @classmethod
+    def of(cls, layers: list[KV], e: Mapping[int, torch.Tensor], s: slice) -> "Block":
+        """The tokens ``s`` of every layer's K/V and of each E (``[1, n, hidden]``), as a block of their own."""
+        return cls(torch.stack([torch.stack((k[0, :, s], v[0, :, s])) for k, v in layers]),
+                   {layer: t[0, s].clone() for layer, t in e.items()})
+
     @property
     def nbytes(self) -> int:
         return self.kv.numel() * self.kv.element_size() + sum(t.numel() * t.element_size() for t in self.e.values())
@@ -88,12 +94,8 @@ class BlockTier:
                             held.e[layer] = t[0, s].clone()
                             self._bytes += held.e[layer].numel() * held.e[layer].element_size()
                     continue
-                block = Block(torch.stack([torch.stack((k[0, :, s], v[0, :, s])) for k, v in layers]),
-                              {layer: t[0, s].clone() for layer, t in e.items()})
-                if self.budget is not None and block.nbytes > self.budget:
+                if not self._admit(key, Block.of(layers, e, s)):
                     return i
-                self._blocks[key] = block
-                self._bytes += block.nbytes
             self._evict()
         return len(chains)
 
@@ -110,14 +112,18 @@ class BlockTier:
             if full in self._blocks:
                 self._blocks.move_to_end(full)
                 return True
-            block = Block(torch.stack([torch.stack((k[0], v[0])) for k, v in layers]),
-                          {layer: t[0].clone() for layer, t in e.items()})
-            if self.budget is not None and block.nbytes > self.budget:
+            if not self._admit(full, Block.of(layers, e, slice(None))):
                 return False
-            self._blocks[full] = block
-            self._bytes += block.nbytes
             self._evict()
         return full in self._blocks
+
+    def _admit(self, key: tuple[str, str, str], block: Block) -> bool:
+        """Hold a new block (the caller holds the lock and evicts after); False when it alone is over the budget."""
+        if self.budget is not None and block.nbytes > self.budget:
+            return False
+        self._blocks[key] = block
+        self._bytes += block.nbytes
+        return True
 
     def _evict(self) -> None:
         while self.budget is not None and self._bytes > self.budget and self._blocks:

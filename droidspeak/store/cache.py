@@ -254,45 +254,71 @@ class CacheStore:
     # ------------------------------------------------------------------ lookup
     def lookup(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...],
                senders: list[str] | None = None, num_layers: int | None = None,
-               refused: list[str] | None = None, count: bool = True) -> list[Hit]:
+               refused: list[str] | None = None) -> list[Hit]:
         """The longest stored prefix of ``token_ids`` per sender (longest first; at equal length, the
         in-process tier's): whole blocks, and in the in-process tier a context's partial last block after
         them. Stored values a sealed tier refused on the way (not authenticated under this node's secret)
-        are named in ``refused``; ``count``: counted in the store's lookup statistics."""
+        are named in ``refused``."""
         fam = family.digest
         chains = chain_hashes(token_ids, self.block)
         if not chains:
             return []
         hits: dict[str, Hit] = {}
         if self.blocks is not None:
-            b, tails_at = self.block, {}
-
-            def tails(k: int) -> list[str]:  # partial blocks that may follow k whole ones, longest first
-                if k not in tails_at:
-                    tails_at[k] = [tail_hash(chains[k - 1], token_ids[k * b:k * b + r])
-                                   for r in range(min(b - 1, len(token_ids) - k * b), 0, -1)]
-                return tails_at[k]
-
+            tails = self._tails(chains, token_ids)
             for snd, producer in self.blocks.producers(fam).items():
                 if senders is not None and snd not in senders:
                     continue
-                held = self.blocks.held(fam, snd, chains, tails)
-                if not held or (num_layers is not None and held[0].kv.shape[0] != num_layers):
-                    continue
-                e_layers = set.intersection(*(set(x.e) for x in held))
-                n = sum(x.kv.shape[3] for x in held)
-                hits[snd] = Hit(snd, n, chains[n // b - 1], n, held[0].kv.shape[0], tuple(sorted(e_layers)),
-                                producer, tuple(held))
+                h = self._memory_hit(fam, snd, producer, chains, tails, num_layers)
+                if h is not None:
+                    hits[snd] = h
         if self.backend is not None:
             if self.writer is not None and not hits:  # a context in the in-process tier was found there
                 self._await_pending(fam, chains[0])
             for h in self._lookup_shared(fam, chains, senders, num_layers, refused):
                 if h.sender not in hits or hits[h.sender].tokens < h.tokens:
                     hits[h.sender] = h
-        if count:  # not a second look for the same request
-            self.stats.bump("lookups")
-            self.stats.bump("lookup_hits" if hits else "lookup_misses")
+        self.stats.bump("lookups")
+        self.stats.bump("lookup_hits" if hits else "lookup_misses")
         return sorted(hits.values(), key=lambda h: -h.tokens)
+
+    def cut(self, hit: Hit, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...]) -> Hit | None:
+        """``hit`` cut back to ``token_ids``, a prefix of the tokens it was found for: every block boundary of a
+        stored context is a stored prefix too, and an in-process hit also takes a partial block held that ends
+        within them (nothing is read from the byte tiers). None when not one whole block is left."""
+        chains = chain_hashes(token_ids, self.block)
+        if not chains:
+            return None
+        if hit.blocks is not None and self.blocks is not None and hit.producer is not None:
+            got = self._memory_hit(family.digest, hit.sender, hit.producer, chains, self._tails(chains, token_ids),
+                                   hit.num_layers)
+            if got is not None:
+                return got
+        return replace(hit, tokens=min(hit.tokens, len(chains) * self.block))
+
+    def _tails(self, chains: list[str], token_ids: list[int] | tuple[int, ...]) -> Callable[[int], list[str]]:
+        """For :meth:`BlockTier.held`: the keys of the partial blocks of ``token_ids`` that may follow ``k`` whole
+        ones, longest first (made once per ``k``)."""
+        b, made = self.block, {}
+
+        def tails(k: int) -> list[str]:
+            if k not in made:
+                made[k] = [tail_hash(chains[k - 1], token_ids[k * b:k * b + r])
+                           for r in range(min(b - 1, len(token_ids) - k * b), 0, -1)]
+            return made[k]
+
+        return tails
+
+    def _memory_hit(self, fam: str, snd: str, producer: WeightSummary, chains: list[str],
+                    tails: Callable[[int], list[str]], num_layers: int | None) -> Hit | None:
+        """``snd``'s longest stored prefix of these chains in the in-process tier (a partial block after them too)."""
+        held = self.blocks.held(fam, snd, chains, tails)
+        if not held or (num_layers is not None and held[0].kv.shape[0] != num_layers):
+            return None
+        e_layers = set.intersection(*(set(x.e) for x in held))
+        n = sum(x.kv.shape[3] for x in held)
+        return Hit(snd, n, chains[n // self.block - 1], n, held[0].kv.shape[0], tuple(sorted(e_layers)), producer,
+                   tuple(held))
 
     def lookup_prefix(self, family: FamilyFingerprint, token_ids: list[int] | tuple[int, ...], sender: str,
                       num_layers: int | None = None) -> Hit | None:
